@@ -1,0 +1,390 @@
+/*
+ * libmaas: a C client for the Intel Tiber AI Cloud "Model as a Service"
+ * text-generation API.
+ *
+ * SPDX-License-Identifier: MIT
+ *
+ * This is the only public header. It is C99 and C++ clean and exports
+ * nothing but maas_* functions and MAAS_* macros.
+ *
+ * Conventions (shared by every function below):
+ *  - out-parameters come first and are named `out`;
+ *  - every handle has its own free function and free(NULL) is a no-op;
+ *  - callbacks take `void *payload` last;
+ *  - every failing call returns a maas_status and leaves the details
+ *    (HTTP status, gRPC code, server message, request id, attempts) where
+ *    the caller can read them without a race: maas_last_error() on the
+ *    calling thread, and maas_stream_error() for a stream.
+ */
+#ifndef MAAS_MAAS_H
+#define MAAS_MAAS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Version                                                             */
+/* ------------------------------------------------------------------ */
+
+#define MAAS_VERSION_MAJOR 0
+#define MAAS_VERSION_MINOR 1
+#define MAAS_VERSION_PATCH 0
+#define MAAS_VERSION_STRING "0.1.0"
+/** MAAS_VERSION_NUM: 0xMMmmpp, comparable with >= like LIBCURL_VERSION_NUM. */
+#define MAAS_VERSION_NUM                                                  \
+    ((MAAS_VERSION_MAJOR << 16) | (MAAS_VERSION_MINOR << 8) | MAAS_VERSION_PATCH)
+
+#if defined(_WIN32) && defined(MAAS_BUILDING_DLL)
+#define MAAS_EXPORT __declspec(dllexport)
+#elif defined(__GNUC__) && (__GNUC__ >= 4)
+#define MAAS_EXPORT __attribute__((visibility("default")))
+#else
+#define MAAS_EXPORT
+#endif
+
+/** Version of the library linked at run time, e.g. "0.1.0". */
+MAAS_EXPORT const char *maas_version(void);
+
+/* ------------------------------------------------------------------ */
+/* Status codes                                                        */
+/* ------------------------------------------------------------------ */
+
+/**
+ * Every call's result. Values are never renumbered; new ones are appended.
+ * docs/errors.md says which failure yields which status.
+ */
+typedef enum maas_status {
+    MAAS_OK = 0,                   /**< success */
+    MAAS_DONE = 1,                 /**< maas_stream_next(): the stream has finished normally */
+    MAAS_ERR_INVALID_ARGUMENT = 2, /**< a caller-supplied value is out of range or missing */
+    MAAS_ERR_NO_MEMORY = 3,        /**< an allocation failed */
+    MAAS_ERR_CONFIG = 4,           /**< configuration is missing or unusable (credentials, URL, environment) */
+    MAAS_ERR_OPTIONS_VERSION = 5,  /**< an options/request struct carries a version this library does not know */
+    MAAS_ERR_CONNECT = 6,          /**< could not resolve or connect to the server */
+    MAAS_ERR_TLS = 7,              /**< TLS handshake or certificate verification failed */
+    MAAS_ERR_CONNECT_TIMEOUT = 8,  /**< the connect clock expired */
+    MAAS_ERR_IDLE_TIMEOUT = 9,     /**< no complete message arrived within the idle clock */
+    MAAS_ERR_DEADLINE = 10,        /**< the overall deadline expired */
+    MAAS_ERR_NETWORK = 11,         /**< the connection failed or was dropped mid-transfer */
+    MAAS_ERR_AUTH = 12,            /**< the token endpoint refused the credentials */
+    MAAS_ERR_UNAUTHENTICATED = 13, /**< the API refused the token (HTTP 401), also after one refresh */
+    MAAS_ERR_PERMISSION_DENIED = 14, /**< HTTP 403 (e.g. cloud account not the caller's) */
+    MAAS_ERR_INVALID_REQUEST = 15, /**< the server rejected the request (HTTP 400 validation) */
+    MAAS_ERR_UNKNOWN_MODEL = 16,   /**< the model or product is not in the catalogue */
+    MAAS_ERR_RATE_LIMITED = 17,    /**< HTTP 429 / RESOURCE_EXHAUSTED */
+    MAAS_ERR_UNAVAILABLE = 18,     /**< HTTP 503 / UNAVAILABLE (capacity) */
+    MAAS_ERR_SERVER = 19,          /**< another HTTP 5xx from the server */
+    MAAS_ERR_HTTP = 20,            /**< another unexpected HTTP status (e.g. 415) */
+    MAAS_ERR_STREAM = 21,          /**< the server sent an {"error": ...} line inside a 200 stream */
+    MAAS_ERR_TRUNCATED = 22,       /**< the stream ended without its final message */
+    MAAS_ERR_PROTOCOL = 23,        /**< a response could not be decoded (malformed JSON or shape) */
+    MAAS_ERR_LINE_TOO_LONG = 24,   /**< a streamed line exceeded the configured maximum */
+    MAAS_ERR_CANCELLED = 25,       /**< the caller cancelled the stream */
+    MAAS_ERR_INTERNAL = 26         /**< a bug in libmaas or a dependency; please report */
+} maas_status;
+
+/** A static English description of `status`; never NULL. */
+MAAS_EXPORT const char *maas_strerror(maas_status status);
+
+/** The symbolic name of `status`, e.g. "MAAS_ERR_TRUNCATED"; never NULL. */
+MAAS_EXPORT const char *maas_status_name(maas_status status);
+
+/**
+ * Details of a failure. Owned by the library: read it, never free it, and
+ * never allocate one (fields may be appended in minor releases).
+ */
+typedef struct maas_error {
+    maas_status status;     /**< same value the failing call returned */
+    int http_status;        /**< HTTP status of the last response, 0 if none arrived */
+    int grpc_code;          /**< gRPC code from the server's error body, -1 if none */
+    const char *message;    /**< server message or library description; never NULL, "" if none */
+    const char *request_id; /**< server request id (UUID), "" if unknown */
+    unsigned int attempts;  /**< HTTP attempts made for the failing call (retries + 1) */
+    double retry_after;     /**< seconds from a Retry-After header, -1 if none */
+} maas_error;
+
+/**
+ * The last failure of a maas_* call on the calling thread, or NULL when the
+ * thread has not seen one. Valid until the next maas_* call on this thread.
+ * It never needs memory, so out-of-memory is still reported.
+ */
+MAAS_EXPORT const maas_error *maas_last_error(void);
+
+/* ------------------------------------------------------------------ */
+/* Logging                                                             */
+/* ------------------------------------------------------------------ */
+
+typedef enum maas_log_level {
+    MAAS_LOG_OFF = 0,
+    MAAS_LOG_WARN = 1,
+    MAAS_LOG_INFO = 2,
+    MAAS_LOG_DEBUG = 3
+} maas_log_level;
+
+/**
+ * A log sink. `message` is one line without a trailing newline; secrets and
+ * tokens are never part of it.
+ */
+typedef void (*maas_log_cb)(maas_log_level level, const char *message, void *payload);
+
+/* ------------------------------------------------------------------ */
+/* Client                                                              */
+/* ------------------------------------------------------------------ */
+
+typedef struct maas_client maas_client;
+
+#define MAAS_CLIENT_OPTIONS_VERSION 1
+
+/** Default API base URL. */
+#define MAAS_DEFAULT_API_BASE_URL "https://us-region-2-sdk-api.cloud.intel.com/v1/maas"
+/** Default OAuth2 token endpoint. */
+#define MAAS_DEFAULT_AUTH_URL "https://client-token.api.idcservice.net/oauth2/token"
+#define MAAS_DEFAULT_CONNECT_TIMEOUT_MS 10000L
+#define MAAS_DEFAULT_IDLE_TIMEOUT_MS 60000L
+#define MAAS_DEFAULT_MAX_LINE_BYTES (8u * 1024u * 1024u)
+#define MAAS_DEFAULT_MAX_RETRIES 2
+/** Set max_retries to this value to disable retries. */
+#define MAAS_RETRIES_OFF (-1)
+
+/**
+ * Client configuration. Initialise with MAAS_CLIENT_OPTIONS_INIT or
+ * maas_client_options_init(); every field left zero takes its documented
+ * default. Strings are copied by maas_client_new(). Fields are only ever
+ * appended, and `version` tells the library which of them you know.
+ */
+typedef struct maas_client_options {
+    unsigned int version;        /**< MAAS_CLIENT_OPTIONS_VERSION */
+    const char *client_id;       /**< OAuth2 client id; NULL when `token` is set */
+    const char *client_secret;   /**< OAuth2 client secret; copied, wiped from memory when freed */
+    const char *cloud_account;   /**< cloudAccountId sent with every generation */
+    const char *api_base_url;    /**< NULL: MAAS_DEFAULT_API_BASE_URL */
+    const char *auth_url;        /**< NULL: MAAS_DEFAULT_AUTH_URL */
+    const char *token;           /**< a bearer token used as is, no token endpoint */
+    const char *ca_bundle;       /**< PEM file of CAs to trust; NULL: the system store */
+    long connect_timeout_ms;     /**< 0: MAAS_DEFAULT_CONNECT_TIMEOUT_MS */
+    long idle_timeout_ms;        /**< longest gap between messages; 0: default; <0: none */
+    long deadline_ms;            /**< whole-request limit; 0 or <0: none */
+    int max_retries;             /**< 0: MAAS_DEFAULT_MAX_RETRIES; MAAS_RETRIES_OFF: none */
+    long retry_base_ms;          /**< first backoff; 0: 500 */
+    long retry_max_ms;           /**< backoff cap; 0: 8000 */
+    long retry_after_max_ms;     /**< cap on a server's Retry-After; 0: 30000 */
+    long token_refresh_skew_ms;  /**< refresh this long before expiry; 0: 5 min, capped at
+                                      a quarter of short lifetimes */
+    size_t max_line_bytes;       /**< cap on one streamed line; 0: MAAS_DEFAULT_MAX_LINE_BYTES */
+    maas_log_level log_level;    /**< 0: off (MAAS_LOG from the environment still applies) */
+    maas_log_cb log_cb;          /**< NULL: log to stderr */
+    void *log_payload;           /**< passed to log_cb */
+    const char *user_agent_suffix; /**< appended to "libmaas/<version>" */
+    int insecure_skip_tls_verify;  /**< nonzero disables TLS verification. Insecure: tests only */
+} maas_client_options;
+
+/** Static initialiser: C and C++ (every other field zero). */
+#define MAAS_CLIENT_OPTIONS_INIT { MAAS_CLIENT_OPTIONS_VERSION }
+
+/**
+ * Zero `opts` and set its version. Returns MAAS_ERR_OPTIONS_VERSION for a
+ * version this library does not know.
+ */
+MAAS_EXPORT maas_status maas_client_options_init(maas_client_options *opts, unsigned int version);
+
+/**
+ * Create a client. `opts` NULL reads everything from the environment
+ * (MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT, MAAS_API_BASE_URL,
+ * MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_LOG). With `opts`, the
+ * environment is not read except MAAS_LOG when opts->log_level is 0.
+ * No network traffic happens here.
+ */
+MAAS_EXPORT maas_status maas_client_new(maas_client **out, const maas_client_options *opts);
+
+/**
+ * Fill `opts` from the environment: the same variables maas_client_new(..,
+ * NULL) reads. Strings point into the environment; use them before it changes.
+ */
+MAAS_EXPORT maas_status maas_client_options_from_env(maas_client_options *opts);
+
+/** Free a client, closing its connections and wiping its secrets. NULL is a no-op. */
+MAAS_EXPORT void maas_client_free(maas_client *client);
+
+/**
+ * Make sure the client holds a valid token, fetching one if needed (at most
+ * one request per token lifetime). Not needed before other calls: they do
+ * it themselves.
+ */
+MAAS_EXPORT maas_status maas_client_authenticate(maas_client *client);
+
+/** Counters a client keeps; read with maas_client_counter(). */
+typedef enum maas_counter {
+    MAAS_COUNTER_TOKEN_REQUESTS = 0, /**< requests sent to the token endpoint */
+    MAAS_COUNTER_API_REQUESTS = 1,   /**< HTTP attempts sent to the API (retries included) */
+    MAAS_COUNTER_CONNECTIONS = 2,    /**< new connections opened (a low number means reuse) */
+    MAAS_COUNTER_RETRIES = 3,        /**< attempts that were retries */
+    MAAS_COUNTER_TOKEN_REPLAYS = 4,  /**< requests replayed after a 401 with a fresh token */
+    MAAS_COUNTER_TOKEN_EXPIRES_IN_MS = 5 /**< ms until the cached token's refresh; 0 if none */
+} maas_counter;
+
+/** Read one counter. Thread-safe; unknown counters read 0. */
+MAAS_EXPORT uint64_t maas_client_counter(const maas_client *client, maas_counter which);
+
+/* ------------------------------------------------------------------ */
+/* Models                                                              */
+/* ------------------------------------------------------------------ */
+
+typedef struct maas_model_list maas_model_list;
+/** A model borrowed from its list: valid until the list is freed. */
+typedef struct maas_model maas_model;
+
+/** GET {base}/models. */
+MAAS_EXPORT maas_status maas_models_list(maas_model_list **out, maas_client *client);
+MAAS_EXPORT size_t maas_model_list_count(const maas_model_list *list);
+/** The model at `index`, NULL when out of range. */
+MAAS_EXPORT const maas_model *maas_model_list_get(const maas_model_list *list, size_t index);
+/** The model whose model name or product name equals `name`, else NULL. */
+MAAS_EXPORT const maas_model *maas_model_list_find(const maas_model_list *list, const char *name);
+MAAS_EXPORT void maas_model_list_free(maas_model_list *list);
+
+/** e.g. "mistralai/Mistral-7B-Instruct-v0.1" */
+MAAS_EXPORT const char *maas_model_name(const maas_model *model);
+/** e.g. "maas-model-mistral-7b-v0.1" */
+MAAS_EXPORT const char *maas_model_product_name(const maas_model *model);
+/** e.g. "269c3034-e6c7-4359-9e77-c3efedfaa778" */
+MAAS_EXPORT const char *maas_model_product_id(const maas_model *model);
+
+/* ------------------------------------------------------------------ */
+/* Generation                                                          */
+/* ------------------------------------------------------------------ */
+
+#define MAAS_REQUEST_VERSION 1
+/** max_new_tokens used when the request leaves it 0 (the product guide's default). */
+#define MAAS_DEFAULT_MAX_NEW_TOKENS 250
+
+/**
+ * One generation. Initialise with MAAS_REQUEST_INIT. Either `model_info`
+ * (from a model list) or `model` must be set; `model` may be a model name
+ * or a product name and is resolved through the client's catalogue (fetched
+ * once per client).
+ */
+typedef struct maas_request {
+    unsigned int version;          /**< MAAS_REQUEST_VERSION */
+    const char *model;             /**< model name or product name */
+    const maas_model *model_info;  /**< takes precedence over `model` */
+    const char *prompt;            /**< at least 2 characters, valid UTF-8 */
+    int max_new_tokens;            /**< [1, 2048); 0: MAAS_DEFAULT_MAX_NEW_TOKENS */
+    double temperature;            /**< [0, 1); 0 is greedy decoding */
+    const char *params_json;       /**< NULL or a JSON object merged into request.params
+                                        (forward compatibility); the two fields above win */
+} maas_request;
+
+#define MAAS_REQUEST_INIT { MAAS_REQUEST_VERSION }
+
+/** Why a generation stopped. Unknown names map to MAAS_FINISH_UNKNOWN. */
+typedef enum maas_finish_reason {
+    MAAS_FINISH_UNKNOWN = 0,
+    MAAS_FINISH_LENGTH = 1,        /**< FINISH_REASON_LENGTH: max_new_tokens reached */
+    MAAS_FINISH_EOS_TOKEN = 2,     /**< FINISH_REASON_EOS_TOKEN: the model ended */
+    MAAS_FINISH_STOP_SEQUENCE = 3  /**< FINISH_REASON_STOP_SEQUENCE */
+} maas_finish_reason;
+
+/** One streamed token. Valid only during the callback, or until the next maas_stream_next(). */
+typedef struct maas_token {
+    uint32_t id;            /**< vocabulary id */
+    const char *text;       /**< NUL-terminated, but may hold NULs: use text_len */
+    size_t text_len;
+    double logprob;         /**< valid when has_logprob */
+    int has_logprob;
+    int special;            /**< nonzero for special tokens such as "</s>" */
+    size_t index;           /**< 0 for the first token of the stream */
+} maas_token;
+
+/** The final message's details. Valid until the stream is freed / during the callback. */
+typedef struct maas_details {
+    maas_finish_reason finish_reason;
+    const char *finish_reason_name; /**< as the server sent it, e.g. "FINISH_REASON_LENGTH" */
+    uint32_t generated_tokens;
+    uint64_t seed;                  /**< valid when has_seed; may exceed INT64_MAX */
+    int has_seed;
+    const char *generated_text;     /**< the server's text (without special tokens); "" if absent */
+    size_t generated_text_len;
+    const char *request_id;         /**< "" if the server sent none */
+} maas_details;
+
+/** Called once per token, in order. Return 0 to continue, nonzero to cancel. */
+typedef int (*maas_token_cb)(const maas_token *token, void *payload);
+/** Called once with the final details. Return 0; nonzero marks the stream cancelled. */
+typedef int (*maas_details_cb)(const maas_details *details, void *payload);
+
+/**
+ * Stream a generation through callbacks: on_token per token (may be NULL),
+ * then on_details once (may be NULL). Blocks until the stream ends.
+ * Returns MAAS_OK after the final message; on failure maas_last_error()
+ * holds the details. Tokens already delivered stay delivered.
+ */
+MAAS_EXPORT maas_status maas_generate(maas_client *client, const maas_request *request,
+                                      maas_token_cb on_token, maas_details_cb on_details,
+                                      void *payload);
+
+/**
+ * Convenience: stream a generation and collect the text of its non-special
+ * tokens. `*out` is NUL-terminated and released with maas_free(); `out_len`
+ * may be NULL. On failure `*out` is NULL.
+ */
+MAAS_EXPORT maas_status maas_generate_text(char **out, size_t *out_len, maas_client *client,
+                                           const maas_request *request);
+
+/** Release memory returned by libmaas (maas_generate_text). NULL is a no-op. */
+MAAS_EXPORT void maas_free(void *ptr);
+
+/* ------------------------------------------------------------------ */
+/* Streams: the pull iterator over the same engine                     */
+/* ------------------------------------------------------------------ */
+
+typedef struct maas_stream maas_stream;
+
+/**
+ * Prepare a generation stream. Fetches a token and resolves the model if
+ * needed; the HTTP request starts with the first maas_stream_next() or
+ * maas_stream_run(). A stream is used by one thread at a time, except for
+ * maas_stream_cancel().
+ */
+MAAS_EXPORT maas_status maas_stream_open(maas_stream **out, maas_client *client,
+                                         const maas_request *request);
+
+/**
+ * Block until the next token. Returns MAAS_OK with `*out` set (valid until
+ * the next call), MAAS_DONE once after the final message (then
+ * maas_stream_details() is available), or an error status; after MAAS_DONE
+ * or an error, further calls return the same status.
+ */
+MAAS_EXPORT maas_status maas_stream_next(maas_stream *stream, const maas_token **out);
+
+/**
+ * Push interface on an opened stream: call on_token per remaining token and
+ * on_details once, as maas_generate() does.
+ */
+MAAS_EXPORT maas_status maas_stream_run(maas_stream *stream, maas_token_cb on_token,
+                                        maas_details_cb on_details, void *payload);
+
+/** The final details once maas_stream_next() returned MAAS_DONE, else NULL. */
+MAAS_EXPORT const maas_details *maas_stream_details(const maas_stream *stream);
+
+/** The stream's failure, or NULL while it has none. Valid until the stream is freed. */
+MAAS_EXPORT const maas_error *maas_stream_error(const maas_stream *stream);
+
+/**
+ * Cancel from any thread (or from a callback): a blocked maas_stream_next()
+ * or maas_stream_run() returns MAAS_ERR_CANCELLED promptly and the connection
+ * is closed, not reused.
+ */
+MAAS_EXPORT void maas_stream_cancel(maas_stream *stream);
+
+/** Close and free a stream, aborting it if still running. NULL is a no-op. */
+MAAS_EXPORT void maas_stream_free(maas_stream *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MAAS_MAAS_H */
