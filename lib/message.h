@@ -41,6 +41,9 @@ typedef struct maas_msg {
     const char *request_id; /* "requestID" of any message, or the error's details value; "" if none */
 } maas_msg;
 
+/* Set every field of `out` to its empty value: type NONE, strings "", grpc_code -1. */
+void maas_msg_init(maas_msg *out);
+
 /*
  * Map one parsed stream line onto `out`. `root` must stay alive as long as
  * `out` is used (strings point into it). On failure returns MAAS_ERR_PROTOCOL
@@ -69,5 +72,11 @@ void maas_error_body_parse(maas_error_body *out, const char *body, size_t len);
 
 /* Copy src into dst (size dstlen >= 1), cutting on a UTF-8 boundary; always NUL-terminates. */
 void maas_copy_text(char *dst, size_t dstlen, const char *src, size_t srclen);
+
+/*
+ * Length (1..4) of the well-formed UTF-8 sequence at s[0..n), or 0 when the
+ * bytes there are not one (overlong, surrogate, > U+10FFFF, cut short, n 0).
+ */
+size_t maas_utf8_char_len(const char *s, size_t n);
 
 #endif

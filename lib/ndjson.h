@@ -8,10 +8,18 @@
  *    hold many lines;
  *  - "\n" and "\r\n" both end a line; blank lines are skipped;
  *  - a line longer than max_line bytes (terminator excluded) fails with
- *    MAAS_ERR_LINE_TOO_LONG as soon as that is known, without buffering it;
+ *    MAAS_ERR_LINE_TOO_LONG as soon as that is known: an unterminated line
+ *    fails in the feed that takes it past the cap (the buffer never holds
+ *    more than the cap plus that feed); when complete lines are still
+ *    buffered ahead of it, the feed succeeds, the over-long bytes are
+ *    dropped, and next() returns those lines first, then the error;
  *  - the buffer is reused: consumed bytes are compacted away, memory stays
  *    bounded by max_line plus the largest single feed;
- *  - once a call fails, every later call returns the same status.
+ *  - once a call fails, every later call returns the same status;
+ *  - JSON: jansson with JSON_ALLOW_NUL (text may hold U+0000, see text_len);
+ *    duplicate keys are accepted, the last one wins; invalid UTF-8 and
+ *    integers beyond INT64_MAX (e.g. a bare, unquoted seed) are protocol
+ *    errors.
  */
 #ifndef MAAS_LIB_NDJSON_H
 #define MAAS_LIB_NDJSON_H
@@ -25,9 +33,14 @@ typedef struct maas_ndjson {
     char *buf;          /* pending bytes: [start, len) not yet consumed */
     size_t cap, len, start;
     size_t scanned;     /* bytes after start already known to hold no '\n' */
+    size_t tail_at;     /* 0, or the index just past a '\n' known to be the last one
+                           in [start, len) when feed() last looked (feed's cap check) */
     size_t max_line;
     unsigned long line_no;  /* lines seen, for error messages */
     maas_status failed; /* MAAS_OK until the first failure */
+    int overflow;       /* an unterminated line past the cap was dropped in feed() while
+                           complete lines were still buffered: next() delivers them, then
+                           fails with MAAS_ERR_LINE_TOO_LONG */
     json_t *held;       /* tree behind the last message handed out */
     char err[256];      /* why it failed, "" otherwise */
 } maas_ndjson;
@@ -39,12 +52,18 @@ void maas_ndjson_cleanup(maas_ndjson *d);
 /* Forget all input and any failure, keeping the buffer for reuse. */
 void maas_ndjson_reset(maas_ndjson *d);
 
-/* Append bytes. MAAS_OK, MAAS_ERR_NO_MEMORY or MAAS_ERR_LINE_TOO_LONG. */
+/*
+ * Append bytes (copied; `data` may be reused at once). MAAS_OK,
+ * MAAS_ERR_NO_MEMORY or MAAS_ERR_LINE_TOO_LONG, which are sticky; and
+ * MAAS_ERR_INVALID_ARGUMENT, not sticky, for data NULL with len > 0.
+ */
 maas_status maas_ndjson_feed(maas_ndjson *d, const char *data, size_t len);
 
 /*
  * Decode the next complete line. MAAS_OK: *out holds a message (valid until
- * the next call). MAAS_DONE: no complete line is buffered; feed more.
+ * the next call on the decoder; do not count on feed() sparing it).
+ * MAAS_DONE: no complete line is buffered; feed more. On any status but
+ * MAAS_OK, *out is emptied (maas_msg_init).
  * Errors: MAAS_ERR_PROTOCOL (malformed JSON or shape; maas_ndjson_error()
  * says which line and why), MAAS_ERR_LINE_TOO_LONG, MAAS_ERR_NO_MEMORY.
  */
