@@ -1,0 +1,362 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "auth.h"
+#include "client.h"
+#include "clock.h"
+#include "http.h"
+#include "log.h"
+
+/* A token answer larger than this is not a token answer. */
+#define TOKEN_BODY_MAX (64 * 1024)
+/* Lifetime assumed when the token endpoint omits expires_in. */
+#define DEFAULT_LIFETIME_S 300
+
+void maas_wipe(void *p, size_t n)
+{
+    /* A volatile pointer keeps the compiler from dropping a store to memory about to be freed. */
+    volatile unsigned char *v = p;
+    while (n--)
+        *v++ = 0;
+}
+
+void maas_wipe_free(char *s)
+{
+    if (!s)
+        return;
+    maas_wipe(s, strlen(s));
+    free(s);
+}
+
+static int64_t default_now(void *payload)
+{
+    (void)payload;
+    return maas_now_ms();
+}
+
+static int has_space(const char *s)
+{
+    for (; *s; s++)
+        if (*s == ' ')
+            return 1;
+    return 0;
+}
+
+static char *make_header(const char *type, const char *token)
+{
+    static const char prefix[] = "Authorization: ";
+    size_t n = sizeof prefix - 1 + (type ? strlen(type) + 1 : 0) + strlen(token) + 1;
+    char *h = malloc(n);
+    if (!h)
+        return NULL;
+    if (type)
+        snprintf(h, n, "%s%s %s", prefix, type, token);
+    else
+        snprintf(h, n, "%s%s", prefix, token);
+    return h;
+}
+
+maas_status maas_auth_init(maas_auth *a, const char *static_token)
+{
+    memset(a, 0, sizeof *a);
+    if (pthread_mutex_init(&a->lock, NULL))
+        return MAAS_ERR_INTERNAL;
+    if (pthread_cond_init(&a->cond, NULL)) {
+        pthread_mutex_destroy(&a->lock);
+        return MAAS_ERR_INTERNAL;
+    }
+    a->now = default_now;
+    maas_error_clear(&a->fetch_error);
+    if (static_token) {
+        /* "Bearer abc" (what the guide's get_auth_token returns) is used as is;
+         * a bare token gets the Bearer scheme. */
+        a->header = make_header(has_space(static_token) ? NULL : "Bearer", static_token);
+        if (!a->header) {
+            maas_auth_cleanup(a);
+            return MAAS_ERR_NO_MEMORY;
+        }
+        a->is_static = 1;
+        a->generation = 1;
+    }
+    return MAAS_OK;
+}
+
+void maas_auth_cleanup(maas_auth *a)
+{
+    maas_wipe_free(a->header);
+    a->header = NULL;
+    pthread_cond_destroy(&a->cond);
+    pthread_mutex_destroy(&a->lock);
+}
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* "Authorization: Basic base64(id:secret)"; wiped by the caller. */
+static char *basic_header(const char *id, const char *secret)
+{
+    static const char prefix[] = "Authorization: Basic ";
+    size_t il = strlen(id), sl = strlen(secret), n = il + 1 + sl;
+    size_t outlen = sizeof prefix - 1 + 4 * ((n + 2) / 3) + 1;
+    unsigned char *plain = malloc(n);
+    char *out = malloc(outlen), *o;
+    size_t i;
+    if (!plain || !out) {
+        free(plain);
+        free(out);
+        return NULL;
+    }
+    memcpy(plain, id, il);
+    plain[il] = ':';
+    memcpy(plain + il + 1, secret, sl);
+    memcpy(out, prefix, sizeof prefix - 1);
+    o = out + sizeof prefix - 1;
+    for (i = 0; i + 2 < n; i += 3) {
+        *o++ = b64[plain[i] >> 2];
+        *o++ = b64[((plain[i] & 3) << 4) | (plain[i + 1] >> 4)];
+        *o++ = b64[((plain[i + 1] & 15) << 2) | (plain[i + 2] >> 6)];
+        *o++ = b64[plain[i + 2] & 63];
+    }
+    if (i < n) {
+        *o++ = b64[plain[i] >> 2];
+        if (i + 1 < n) {
+            *o++ = b64[((plain[i] & 3) << 4) | (plain[i + 1] >> 4)];
+            *o++ = b64[(plain[i + 1] & 15) << 2];
+        } else {
+            *o++ = b64[(plain[i] & 3) << 4];
+            *o++ = '=';
+        }
+        *o++ = '=';
+    }
+    *o = '\0';
+    maas_wipe(plain, n);
+    free(plain);
+    return out;
+}
+
+static int token_chars_ok(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return 0;
+    return 1;
+}
+
+/* Parse the token endpoint's answer into a header and a lifetime. */
+static maas_status parse_token(const char *body, size_t len, char **header, int64_t *lifetime_ms,
+                               maas_error_rec *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr), *v;
+    const char *token, *type = "Bearer";
+    double secs = DEFAULT_LIFETIME_S;
+    maas_status st = MAAS_OK;
+
+    if (!root || !json_is_object(root)) {
+        st = maas_error_set(err, MAAS_ERR_PROTOCOL, "the token endpoint's answer is not a JSON object");
+        goto out;
+    }
+    v = json_object_get(root, "access_token");
+    if (!json_is_string(v) || !token_chars_ok(json_string_value(v))) {
+        st = maas_error_set(err, MAAS_ERR_PROTOCOL,
+                            "the token endpoint's answer has no usable access_token");
+        goto out;
+    }
+    token = json_string_value(v);
+    v = json_object_get(root, "token_type");
+    if (v) {
+        if (!json_is_string(v) || !token_chars_ok(json_string_value(v))) {
+            st = maas_error_set(err, MAAS_ERR_PROTOCOL,
+                                "the token endpoint's token_type is not a single word");
+            goto out;
+        }
+        type = json_string_value(v);
+    }
+    v = json_object_get(root, "expires_in");
+    if (json_is_number(v))
+        secs = json_number_value(v);
+    else if (json_is_string(v))
+        secs = strtod(json_string_value(v), NULL);
+    if (v && !(secs > 0 && secs <= 10 * 365 * 86400.0)) {
+        st = maas_error_set(err, MAAS_ERR_PROTOCOL, "the token endpoint's expires_in is not a positive number");
+        goto out;
+    }
+    *lifetime_ms = (int64_t)(secs * 1000.0);
+    *header = make_header(type, token);
+    if (!*header)
+        st = maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory storing the token");
+out:
+    if (root) {
+        /* The tree holds a copy of the token: wipe it before jansson frees it. */
+        v = json_object_get(root, "access_token");
+        if (json_is_string(v))
+            maas_wipe((char *)json_string_value(v), json_string_length(v));
+        json_decref(root);
+    }
+    return st;
+}
+
+static maas_status fetch_token(maas_client *c, char **header, int64_t *lifetime_ms,
+                               maas_error_rec *err)
+{
+    static const char form[] = "grant_type=client_credentials";
+    maas_fetch f;
+    maas_response r;
+    struct curl_slist *h = NULL, *t;
+    char *basic = basic_header(c->client_id, c->client_secret);
+    maas_status st;
+
+    if (!basic)
+        return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory");
+    h = curl_slist_append(NULL, basic);
+    maas_wipe_free(basic);
+    if (h && (t = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded")))
+        h = t;
+    else
+        goto oom;
+    if ((t = curl_slist_append(h, "Accept: application/json")))
+        h = t;
+    else
+        goto oom;
+
+    memset(&f, 0, sizeof f);
+    f.url = c->auth_url;
+    f.post_body = form;
+    f.post_len = sizeof form - 1;
+    f.headers = h;
+    f.max_body = TOKEN_BODY_MAX;
+    f.token_endpoint = 1;
+    maas_count(c, MAAS_COUNTER_TOKEN_REQUESTS, 1);
+    st = maas_http_call(c, &f, 0, &r, err);
+    maas_http_headers_free(h);
+    if (st != MAAS_OK) {
+        MAAS_WARN(c, "token endpoint: %s: %s", maas_strerror(st), err->message);
+        return st;
+    }
+    st = parse_token(r.body, r.len, header, lifetime_ms, err);
+    maas_wipe(r.body, r.len);
+    maas_response_free(&r);
+    return st;
+oom:
+    maas_http_headers_free(h);
+    return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory");
+}
+
+static maas_status copy_ticket(maas_auth *a, maas_auth_ticket *out, maas_error_rec *err)
+{
+    out->header = strdup(a->header);
+    out->generation = a->generation;
+    if (!out->header)
+        return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory");
+    return MAAS_OK;
+}
+
+maas_status maas_auth_acquire(maas_client *c, maas_auth_ticket *out, maas_error_rec *err)
+{
+    maas_auth *a = &c->auth;
+    maas_status st;
+
+    out->header = NULL;
+    out->generation = 0;
+    pthread_mutex_lock(&a->lock);
+    for (;;) {
+        int64_t now = a->now(a->now_payload), lifetime = 0, t0;
+        char *header = NULL;
+
+        if (a->header && (a->is_static || now < a->refresh_at)) {
+            st = copy_ticket(a, out, err);
+            break;
+        }
+        if (a->fetching) {
+            uint64_t seen = a->fetches_done;
+            /* Inside the refresh window the old token is still good: use it
+             * rather than wait for the thread that refreshes it. */
+            if (a->header && now < a->expires_at) {
+                st = copy_ticket(a, out, err);
+                break;
+            }
+            while (a->fetching && a->fetches_done == seen)
+                pthread_cond_wait(&a->cond, &a->lock);
+            if (!a->header && a->fetch_error.pub.status != MAAS_OK) {
+                /* The fetch this thread waited for failed: report it rather
+                 * than hammer the token endpoint from every thread. */
+                maas_error_copy(err, &a->fetch_error);
+                st = err->pub.status;
+                break;
+            }
+            continue;
+        }
+        if (!c->client_id || !c->client_secret) {
+            st = maas_error_set(err, MAAS_ERR_CONFIG, "no credentials to fetch a token with");
+            break;
+        }
+        a->fetching = 1;
+        pthread_mutex_unlock(&a->lock);
+
+        t0 = a->now(a->now_payload);
+        st = fetch_token(c, &header, &lifetime, err);
+
+        pthread_mutex_lock(&a->lock);
+        a->fetching = 0;
+        a->fetches_done++;
+        if (st == MAAS_OK) {
+            /* Refresh ahead of expiry: 5 minutes before it, or a quarter of a
+             * short lifetime (a 2 s token is refreshed after 1.5 s). */
+            int64_t skew = c->token_refresh_skew_ms;
+            if (skew > lifetime / 4)
+                skew = lifetime / 4;
+            maas_wipe_free(a->header);
+            a->header = header;
+            a->generation++;
+            /* Lifetimes count from before the request was sent. */
+            a->refresh_at = t0 + lifetime - skew;
+            a->expires_at = t0 + lifetime;
+            maas_error_clear(&a->fetch_error);
+            MAAS_INFO(c, "token fetched: valid for %lld ms, refreshed after %lld ms",
+                      (long long)lifetime, (long long)(lifetime - skew));
+        } else {
+            maas_error_copy(&a->fetch_error, err);
+        }
+        pthread_cond_broadcast(&a->cond);
+        if (st != MAAS_OK)
+            break;
+    }
+    pthread_mutex_unlock(&a->lock);
+    return st;
+}
+
+void maas_auth_release(maas_auth_ticket *t)
+{
+    maas_wipe_free(t->header);
+    t->header = NULL;
+}
+
+int maas_auth_reject(maas_client *c, uint64_t generation)
+{
+    maas_auth *a = &c->auth;
+    if (a->is_static)
+        return 0;
+    pthread_mutex_lock(&a->lock);
+    /* Another thread may already have replaced the token that failed. */
+    if (a->generation == generation && a->header) {
+        maas_wipe_free(a->header);
+        a->header = NULL;
+        a->refresh_at = a->expires_at = 0;
+    }
+    pthread_mutex_unlock(&a->lock);
+    return 1;
+}
+
+int64_t maas_auth_remaining_ms(maas_client *c)
+{
+    maas_auth *a = &c->auth;
+    int64_t left = 0;
+    pthread_mutex_lock(&a->lock);
+    if (a->header && !a->is_static)
+        left = a->refresh_at - a->now(a->now_payload);
+    pthread_mutex_unlock(&a->lock);
+    return left > 0 ? left : 0;
+}

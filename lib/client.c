@@ -1,0 +1,274 @@
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "client.h"
+#include "log.h"
+#include "models.h"
+
+const char *maas_version(void)
+{
+    return MAAS_VERSION_STRING;
+}
+
+void maas_free(void *ptr)
+{
+    free(ptr);
+}
+
+maas_status maas_client_options_init(maas_client_options *opts, unsigned int version)
+{
+    if (!opts)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "opts is NULL");
+    if (version == 0 || version > MAAS_CLIENT_OPTIONS_VERSION)
+        return maas_fail(MAAS_ERR_OPTIONS_VERSION,
+                         "maas_client_options version %u is not supported (this is libmaas %s, "
+                         "which knows versions 1 to %d)",
+                         version, MAAS_VERSION_STRING, MAAS_CLIENT_OPTIONS_VERSION);
+    memset(opts, 0, sizeof *opts);
+    opts->version = version;
+    return MAAS_OK;
+}
+
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+maas_status maas_client_options_from_env(maas_client_options *opts)
+{
+    maas_status st = maas_client_options_init(opts, MAAS_CLIENT_OPTIONS_VERSION);
+    if (st != MAAS_OK)
+        return st;
+    opts->client_id = env("MAAS_CLIENT_ID");
+    opts->client_secret = env("MAAS_CLIENT_SECRET");
+    opts->cloud_account = env("MAAS_CLOUD_ACCOUNT");
+    opts->api_base_url = env("MAAS_API_BASE_URL");
+    opts->auth_url = env("MAAS_AUTH_URL");
+    opts->token = env("MAAS_TOKEN");
+    opts->ca_bundle = env("MAAS_CA_BUNDLE");
+    opts->log_level = maas_log_level_from_env();
+    return MAAS_OK;
+}
+
+/* curl_global_init is not thread-safe on every libcurl version: do it once. */
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_OK;
+static void global_init(void)
+{
+    global_rc = curl_global_init(CURL_GLOBAL_ALL);
+}
+
+static char *dup_or_null(const char *s, int *oom)
+{
+    char *d;
+    if (!s)
+        return NULL;
+    d = strdup(s);
+    if (!d)
+        *oom = 1;
+    return d;
+}
+
+static int url_ok(const char *u)
+{
+    return !strncmp(u, "http://", 7) || !strncmp(u, "https://", 8);
+}
+
+static maas_status check_string(const char *name, const char *v, maas_error_rec *err)
+{
+    const unsigned char *p;
+    if (!v)
+        return MAAS_OK;
+    for (p = (const unsigned char *)v; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return maas_error_set(err, MAAS_ERR_CONFIG,
+                                  "%s contains a control character", name);
+    return MAAS_OK;
+}
+
+static void client_destroy(maas_client *c)
+{
+    if (!c)
+        return;
+    maas_model_list_free(c->catalogue);
+    maas_http_cleanup(&c->http);
+    maas_auth_cleanup(&c->auth);
+    pthread_mutex_destroy(&c->catalogue_lock);
+    free(c->client_id);
+    maas_wipe_free(c->client_secret);
+    free(c->cloud_account);
+    free(c->api_base_url);
+    free(c->auth_url);
+    free(c->ca_bundle);
+    maas_wipe(c, sizeof *c);
+    free(c);
+}
+
+maas_status maas_client_new(maas_client **out, const maas_client_options *opts)
+{
+    maas_client_options envopts;
+    maas_client *c;
+    maas_error_rec err;
+    maas_status st;
+    int oom = 0;
+    size_t n;
+
+    if (!out)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (!opts) {
+        st = maas_client_options_from_env(&envopts);
+        if (st != MAAS_OK)
+            return st;
+        opts = &envopts;
+    } else if (opts->version == 0 || opts->version > MAAS_CLIENT_OPTIONS_VERSION) {
+        return maas_fail(MAAS_ERR_OPTIONS_VERSION,
+                         "maas_client_options version %u is not supported (this is libmaas %s, "
+                         "which knows versions 1 to %d)",
+                         opts->version, MAAS_VERSION_STRING, MAAS_CLIENT_OPTIONS_VERSION);
+    }
+
+    maas_error_clear(&err);
+    if ((st = check_string("client_id", opts->client_id, &err)) ||
+        (st = check_string("cloud_account", opts->cloud_account, &err)) ||
+        (st = check_string("api_base_url", opts->api_base_url, &err)) ||
+        (st = check_string("auth_url", opts->auth_url, &err)) ||
+        (st = check_string("ca_bundle", opts->ca_bundle, &err)) ||
+        (st = check_string("client_secret", opts->client_secret, &err)) ||
+        (st = check_string("token", opts->token, &err)))
+        return maas_error_publish(&err);
+    if (!opts->token && (!opts->client_id || !opts->client_secret))
+        return maas_fail(MAAS_ERR_CONFIG,
+                         "no credentials: set client_id and client_secret "
+                         "(MAAS_CLIENT_ID, MAAS_CLIENT_SECRET) or a token (MAAS_TOKEN)");
+    if (opts->api_base_url && !url_ok(opts->api_base_url))
+        return maas_fail(MAAS_ERR_CONFIG, "api_base_url must start with http:// or https://");
+    if (opts->auth_url && !url_ok(opts->auth_url))
+        return maas_fail(MAAS_ERR_CONFIG, "auth_url must start with http:// or https://");
+    if (opts->max_retries < MAAS_RETRIES_OFF)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "max_retries must be >= -1, got %d",
+                         opts->max_retries);
+
+    pthread_once(&global_once, global_init);
+    if (global_rc != CURLE_OK)
+        return maas_fail(MAAS_ERR_INTERNAL, "curl_global_init failed: %s",
+                         curl_easy_strerror(global_rc));
+
+    c = calloc(1, sizeof *c);
+    if (!c)
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a client");
+
+    c->client_id = dup_or_null(opts->client_id, &oom);
+    c->client_secret = dup_or_null(opts->client_secret, &oom);
+    c->cloud_account = dup_or_null(opts->cloud_account, &oom);
+    c->api_base_url = dup_or_null(opts->api_base_url ? opts->api_base_url
+                                                     : MAAS_DEFAULT_API_BASE_URL, &oom);
+    c->auth_url = dup_or_null(opts->auth_url ? opts->auth_url : MAAS_DEFAULT_AUTH_URL, &oom);
+    c->ca_bundle = dup_or_null(opts->ca_bundle, &oom);
+    if (pthread_mutex_init(&c->catalogue_lock, NULL)) {
+        free(c);
+        return maas_fail(MAAS_ERR_INTERNAL, "pthread_mutex_init failed");
+    }
+    if (oom) {
+        client_destroy(c);
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a client");
+    }
+    /* "https://host/v1/maas/" and "https://host/v1/maas" mean the same base. */
+    n = strlen(c->api_base_url);
+    while (n > 0 && c->api_base_url[n - 1] == '/')
+        c->api_base_url[--n] = '\0';
+
+    c->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms
+                                                         : MAAS_DEFAULT_CONNECT_TIMEOUT_MS;
+    c->idle_timeout_ms = opts->idle_timeout_ms == 0 ? MAAS_DEFAULT_IDLE_TIMEOUT_MS
+                                                    : opts->idle_timeout_ms;
+    c->deadline_ms = opts->deadline_ms > 0 ? opts->deadline_ms : 0;
+    c->max_retries = opts->max_retries == 0 ? MAAS_DEFAULT_MAX_RETRIES
+                     : opts->max_retries < 0 ? 0 : opts->max_retries;
+    c->retry_base_ms = opts->retry_base_ms > 0 ? opts->retry_base_ms : 500;
+    c->retry_max_ms = opts->retry_max_ms > 0 ? opts->retry_max_ms : 8000;
+    c->retry_after_max_ms = opts->retry_after_max_ms > 0 ? opts->retry_after_max_ms : 30000;
+    c->token_refresh_skew_ms = opts->token_refresh_skew_ms > 0 ? opts->token_refresh_skew_ms
+                                                               : 5 * 60 * 1000;
+    c->max_line_bytes = opts->max_line_bytes ? opts->max_line_bytes : MAAS_DEFAULT_MAX_LINE_BYTES;
+    c->insecure = opts->insecure_skip_tls_verify != 0;
+    c->log_level = opts->log_level != MAAS_LOG_OFF ? opts->log_level : maas_log_level_from_env();
+    c->log_cb = opts->log_cb;
+    c->log_payload = opts->log_payload;
+
+    st = maas_auth_init(&c->auth, opts->token);
+    if (st != MAAS_OK) {
+        client_destroy(c);
+        return maas_fail(st, "could not initialise the token cache");
+    }
+    st = maas_http_init(c, &err);
+    if (st != MAAS_OK) {
+        client_destroy(c);
+        return maas_error_publish(&err);
+    }
+    if (opts->user_agent_suffix) {
+        size_t used = strlen(c->http.user_agent);
+        snprintf(c->http.user_agent + used, sizeof c->http.user_agent - used, " %s",
+                 opts->user_agent_suffix);
+    }
+    if (c->insecure)
+        MAAS_WARN(c, "TLS verification is disabled (insecure_skip_tls_verify)");
+    MAAS_DEBUG(c, "client created: api %s, auth %s, %s", c->api_base_url,
+               c->auth.is_static ? "(static token)" : c->auth_url,
+               c->cloud_account ? "cloud account set" : "no cloud account");
+    *out = c;
+    return MAAS_OK;
+}
+
+void maas_client_free(maas_client *client)
+{
+    client_destroy(client);
+}
+
+maas_status maas_client_authenticate(maas_client *client)
+{
+    maas_auth_ticket t;
+    maas_error_rec err;
+    maas_status st;
+    if (!client)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "client is NULL");
+    maas_error_clear(&err);
+    st = maas_auth_acquire(client, &t, &err);
+    if (st != MAAS_OK)
+        return maas_error_publish(&err);
+    maas_auth_release(&t);
+    return MAAS_OK;
+}
+
+uint64_t maas_client_counter(const maas_client *client, maas_counter which)
+{
+    if (!client)
+        return 0;
+    if (which == MAAS_COUNTER_TOKEN_EXPIRES_IN_MS) {
+        int64_t ms = maas_auth_remaining_ms((maas_client *)client);
+        return ms > 0 ? (uint64_t)ms : 0;
+    }
+    if ((unsigned)which >= MAAS_COUNTER_SLOTS)
+        return 0;
+    return atomic_load_explicit(&((maas_client *)client)->counters[which], memory_order_relaxed);
+}
+
+const maas_model_list *maas_client_catalogue(maas_client *c, maas_error_rec *err)
+{
+    maas_model_list *list = NULL;
+    maas_status st;
+    pthread_mutex_lock(&c->catalogue_lock);
+    if (!c->catalogue) {
+        st = maas_models_fetch(&list, c, err);
+        if (st == MAAS_OK)
+            c->catalogue = list;
+    }
+    list = c->catalogue;
+    pthread_mutex_unlock(&c->catalogue_lock);
+    return list;
+}

@@ -1,0 +1,27 @@
+/* clock: the monotonic and wall clocks, one place to read them (and to fake them in tests). */
+#ifndef MAAS_LIB_CLOCK_H
+#define MAAS_LIB_CLOCK_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+
+static inline int64_t maas_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline void maas_sleep_ms(int64_t ms)
+{
+    struct timespec ts;
+    if (ms <= 0)
+        return;
+    ts.tv_sec = (time_t)(ms / 1000);
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+#endif

@@ -1,0 +1,735 @@
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "auth.h"
+#include "client.h"
+#include "clock.h"
+#include "http.h"
+#include "log.h"
+#include "message.h"
+
+/* ---- share handle and channel pool ---------------------------------- */
+
+static void share_lock(CURL *h, curl_lock_data data, curl_lock_access access, void *userp)
+{
+    maas_http *http = userp;
+    (void)h;
+    (void)access;
+    pthread_mutex_lock(&http->locks[data]);
+}
+
+static void share_unlock(CURL *h, curl_lock_data data, void *userp)
+{
+    maas_http *http = userp;
+    (void)h;
+    pthread_mutex_unlock(&http->locks[data]);
+}
+
+maas_status maas_http_init(maas_client *c, maas_error_rec *err)
+{
+    maas_http *h = &c->http;
+    curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
+    int i;
+
+    for (i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_init(&h->locks[i], NULL);
+    pthread_mutex_init(&h->pool_lock, NULL);
+    snprintf(h->user_agent, sizeof h->user_agent, "libmaas/%s libcurl/%s", MAAS_VERSION_STRING,
+             vi && vi->version ? vi->version : "unknown");
+
+    h->share = curl_share_init();
+    if (!h->share)
+        return maas_error_set(err, MAAS_ERR_NO_MEMORY, "curl_share_init failed");
+    /* DNS and TLS sessions may be shared between threads; the connection
+     * cache may not (libcurl's rule), hence the channel pool. */
+    if (curl_share_setopt(h->share, CURLSHOPT_LOCKFUNC, share_lock) ||
+        curl_share_setopt(h->share, CURLSHOPT_UNLOCKFUNC, share_unlock) ||
+        curl_share_setopt(h->share, CURLSHOPT_USERDATA, h) ||
+        curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) ||
+        curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION))
+        return maas_error_set(err, MAAS_ERR_INTERNAL, "could not configure the curl share handle");
+    return MAAS_OK;
+}
+
+static void channel_free(maas_channel *ch)
+{
+    if (!ch)
+        return;
+    if (ch->easy)
+        curl_easy_cleanup(ch->easy);
+    if (ch->multi)
+        curl_multi_cleanup(ch->multi);
+    free(ch);
+}
+
+void maas_http_cleanup(maas_http *h)
+{
+    int i;
+    maas_channel *ch, *next;
+    for (ch = h->pool; ch; ch = next) {
+        next = ch->next;
+        channel_free(ch);
+    }
+    h->pool = NULL;
+    if (h->share)
+        curl_share_cleanup(h->share);
+    h->share = NULL;
+    for (i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_destroy(&h->locks[i]);
+    pthread_mutex_destroy(&h->pool_lock);
+}
+
+static maas_channel *channel_get(maas_client *c)
+{
+    maas_http *h = &c->http;
+    maas_channel *ch;
+    pthread_mutex_lock(&h->pool_lock);
+    ch = h->pool;
+    if (ch) {
+        h->pool = ch->next;
+        h->pooled--;
+    }
+    pthread_mutex_unlock(&h->pool_lock);
+    if (ch) {
+        ch->next = NULL;
+        return ch;
+    }
+    ch = calloc(1, sizeof *ch);
+    if (!ch)
+        return NULL;
+    ch->multi = curl_multi_init();
+    ch->easy = curl_easy_init();
+    if (!ch->multi || !ch->easy) {
+        channel_free(ch);
+        return NULL;
+    }
+    return ch;
+}
+
+static void channel_put(maas_client *c, maas_channel *ch)
+{
+    maas_http *h = &c->http;
+    if (!ch)
+        return;
+    pthread_mutex_lock(&h->pool_lock);
+    if (h->pooled < MAAS_CHANNEL_POOL_MAX) {
+        ch->next = h->pool;
+        h->pool = ch;
+        h->pooled++;
+        ch = NULL;
+    }
+    pthread_mutex_unlock(&h->pool_lock);
+    channel_free(ch);
+}
+
+/* ---- easy handle options -------------------------------------------- */
+
+maas_status maas_http_setup(maas_client *c, CURL *easy, char *errbuf, maas_error_rec *err)
+{
+    CURLcode rc = CURLE_OK;
+#define SET(opt, val) do { if (rc == CURLE_OK) rc = curl_easy_setopt(easy, opt, val); } while (0)
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_SHARE, c->http.share);
+    SET(CURLOPT_USERAGENT, c->http.user_agent);
+    SET(CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    SET(CURLOPT_TCP_KEEPIDLE, 30L);
+    SET(CURLOPT_TCP_KEEPINTVL, 15L);
+    SET(CURLOPT_FOLLOWLOCATION, 0L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    SET(CURLOPT_SSL_VERIFYPEER, c->insecure ? 0L : 1L);
+    SET(CURLOPT_SSL_VERIFYHOST, c->insecure ? 0L : 2L);
+    if (c->ca_bundle) {
+        SET(CURLOPT_CAINFO, c->ca_bundle);
+        SET(CURLOPT_PROXY_CAINFO, c->ca_bundle);
+    }
+    SET(CURLOPT_ERRORBUFFER, errbuf);
+#undef SET
+    if (rc != CURLE_OK)
+        return maas_error_set(err, rc == CURLE_OUT_OF_MEMORY ? MAAS_ERR_NO_MEMORY : MAAS_ERR_INTERNAL,
+                              "could not configure libcurl: %s", curl_easy_strerror(rc));
+    errbuf[0] = '\0';
+    return MAAS_OK;
+}
+
+struct curl_slist *maas_http_headers(const char *auth_header, int json_body)
+{
+    struct curl_slist *h = NULL, *t;
+    static const char *const fixed[] = {
+        "Accept: application/json",
+        /* A large prompt must not wait for a 100-continue round trip. */
+        "Expect:",
+    };
+    size_t i;
+    if (auth_header) {
+        h = curl_slist_append(h, auth_header);
+        if (!h)
+            return NULL;
+    }
+    if (json_body) {
+        /* The service wants exactly this value: "; charset=utf-8" gets a 415. */
+        t = curl_slist_append(h, "Content-Type: application/json");
+        if (!t)
+            goto fail;
+        h = t;
+    }
+    for (i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        t = curl_slist_append(h, fixed[i]);
+        if (!t)
+            goto fail;
+        h = t;
+    }
+    return h;
+fail:
+    maas_http_headers_free(h);
+    return NULL;
+}
+
+void maas_http_headers_free(struct curl_slist *h)
+{
+    struct curl_slist *p;
+    for (p = h; p; p = p->next)
+        if (p->data)
+            maas_wipe(p->data, strlen(p->data));
+    curl_slist_free_all(h);
+}
+
+static void trim_value(const char *v, size_t n, char *out, size_t outlen)
+{
+    while (n && (*v == ' ' || *v == '\t')) {
+        v++;
+        n--;
+    }
+    while (n && (v[n - 1] == '\r' || v[n - 1] == '\n' || v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n >= outlen)
+        n = outlen - 1;
+    memcpy(out, v, n);
+    out[n] = '\0';
+}
+
+size_t maas_http_header_cb(char *data, size_t size, size_t n, void *userp)
+{
+    maas_http_meta *m = userp;
+    size_t len = size * n;
+    char value[128];
+    /* A new status line starts a new response: forget the previous one's headers. */
+    if (len >= 5 && !strncmp(data, "HTTP/", 5)) {
+        m->retry_after = -1.0;
+        m->content_type[0] = '\0';
+    } else if (len > 12 && !strncasecmp(data, "Retry-After:", 12)) {
+        trim_value(data + 12, len - 12, value, sizeof value);
+        m->retry_after = maas_http_parse_retry_after(value, time(NULL));
+    } else if (len > 13 && !strncasecmp(data, "Content-Type:", 13)) {
+        trim_value(data + 13, len - 13, m->content_type, sizeof m->content_type);
+    }
+    return len;
+}
+
+double maas_http_parse_retry_after(const char *value, time_t now)
+{
+    const char *p = value;
+    char *end;
+    double secs;
+    time_t when;
+    if (!value || !*value)
+        return -1.0;
+    if (*p >= '0' && *p <= '9') {
+        secs = strtod(p, &end);
+        while (*end == ' ')
+            end++;
+        if (*end != '\0' || !isfinite(secs) || secs < 0)
+            return -1.0;
+        return secs;
+    }
+    when = curl_getdate(value, NULL);
+    if (when == (time_t)-1)
+        return -1.0;
+    return when > now ? (double)(when - now) : 0.0;
+}
+
+/* ---- transfers ------------------------------------------------------- */
+
+maas_status maas_xfer_init(maas_xfer *x, maas_client *c, atomic_int *cancel, maas_error_rec *err)
+{
+    memset(x, 0, sizeof *x);
+    x->client = c;
+    x->cancel = cancel;
+    x->idle_ms = c->idle_timeout_ms;
+    x->deadline_at = c->deadline_ms > 0 ? maas_now_ms() + c->deadline_ms : 0;
+    x->ch = channel_get(c);
+    if (!x->ch)
+        return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory creating a curl handle");
+    return MAAS_OK;
+}
+
+void maas_xfer_cleanup(maas_xfer *x)
+{
+    if (!x->ch)
+        return;
+    maas_xfer_finish(x);
+    /* Nothing of this request may linger on the pooled handle. */
+    curl_easy_reset(x->ch->easy);
+    channel_put(x->client, x->ch);
+    x->ch = NULL;
+    x->easy = NULL;
+}
+
+maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err)
+{
+    maas_xfer_finish(x);
+    curl_easy_reset(x->ch->easy);
+    x->easy = x->ch->easy;
+    x->done = 0;
+    x->received = 0;
+    x->result = CURLE_OK;
+    return maas_http_setup(x->client, x->easy, x->errbuf, err);
+}
+
+maas_status maas_xfer_start(maas_xfer *x, maas_error_rec *err)
+{
+    CURLMcode mc = curl_multi_add_handle(x->ch->multi, x->easy);
+    if (mc != CURLM_OK)
+        return maas_error_set(err, MAAS_ERR_INTERNAL, "curl_multi_add_handle: %s",
+                              curl_multi_strerror(mc));
+    x->added = 1;
+    x->done = 0;
+    x->idle_since = maas_now_ms();
+    return MAAS_OK;
+}
+
+void maas_xfer_finish(maas_xfer *x)
+{
+    long conns = 0;
+    if (!x->added)
+        return;
+    if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &conns) == CURLE_OK && conns > 0)
+        maas_count(x->client, MAAS_COUNTER_CONNECTIONS, (uint64_t)conns);
+    /* Removing an unfinished transfer makes libcurl close its connection,
+     * so an abandoned stream never leaves a half-read connection behind. */
+    curl_multi_remove_handle(x->ch->multi, x->easy);
+    x->added = 0;
+}
+
+void maas_xfer_mark(maas_xfer *x)
+{
+    x->idle_since = maas_now_ms();
+}
+
+void maas_xfer_wakeup(maas_xfer *x)
+{
+    if (x->ch)
+        curl_multi_wakeup(x->ch->multi);
+}
+
+static int cancelled(const maas_xfer *x)
+{
+    return x->cancel && atomic_load(x->cancel);
+}
+
+/* How long the next wait may last, or an expired clock's status. */
+static maas_status next_wait(const maas_xfer *x, int64_t *wait_ms, maas_error_rec *err)
+{
+    int64_t now = maas_now_ms(), w = 1000;
+    if (x->deadline_at) {
+        if (now >= x->deadline_at)
+            return maas_error_set(err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired",
+                                  x->client->deadline_ms);
+        if (x->deadline_at - now < w)
+            w = x->deadline_at - now;
+    }
+    if (x->idle_ms > 0 && x->added) {
+        int64_t left = x->idle_since + x->idle_ms - now;
+        if (left <= 0)
+            return maas_error_set(err, MAAS_ERR_IDLE_TIMEOUT,
+                                  "no message from the server for %ld ms (idle timeout)",
+                                  (long)x->idle_ms);
+        if (left < w)
+            w = left;
+    }
+    *wait_ms = w;
+    return MAAS_OK;
+}
+
+maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err)
+{
+    int running = 0, left = 0;
+    int64_t wait_ms = 0;
+    CURLMcode mc;
+    CURLMsg *msg;
+    maas_status st;
+
+    if (cancelled(x))
+        return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+    mc = curl_multi_perform(x->ch->multi, &running);
+    if (mc != CURLM_OK)
+        return maas_error_set(err, MAAS_ERR_INTERNAL, "curl_multi_perform: %s",
+                              curl_multi_strerror(mc));
+    while ((msg = curl_multi_info_read(x->ch->multi, &left)) != NULL) {
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == x->easy) {
+            x->done = 1;
+            x->result = msg->data.result;
+        }
+    }
+    if (x->done)
+        return MAAS_OK;
+    if (cancelled(x))
+        return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+    st = next_wait(x, &wait_ms, err);
+    if (st != MAAS_OK)
+        return st;
+    mc = curl_multi_poll(x->ch->multi, NULL, 0, (int)wait_ms, NULL);
+    if (mc != CURLM_OK)
+        return maas_error_set(err, MAAS_ERR_INTERNAL, "curl_multi_poll: %s",
+                              curl_multi_strerror(mc));
+    if (cancelled(x))
+        return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+    return MAAS_OK;
+}
+
+maas_status maas_xfer_sleep(maas_xfer *x, int64_t ms, maas_error_rec *err)
+{
+    int64_t end = maas_now_ms() + ms, now;
+    while ((now = maas_now_ms()) < end) {
+        int64_t w = end - now;
+        if (cancelled(x))
+            return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+        if (x->deadline_at) {
+            if (now >= x->deadline_at)
+                return maas_error_set(err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired",
+                                      x->client->deadline_ms);
+            if (x->deadline_at - now < w)
+                w = x->deadline_at - now;
+        }
+        /* An empty multi handle waits the time out, and curl_multi_wakeup cuts it short. */
+        curl_multi_poll(x->ch->multi, NULL, 0, (int)(w > 1000 ? 1000 : w), NULL);
+    }
+    if (cancelled(x))
+        return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+    return MAAS_OK;
+}
+
+/* ---- failures --------------------------------------------------------- */
+
+maas_status maas_http_curl_error(const maas_xfer *x, CURLcode rc, maas_error_rec *err)
+{
+    maas_status st;
+    const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    switch (rc) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+        st = MAAS_ERR_CONNECT;
+        break;
+    case CURLE_OPERATION_TIMEDOUT:
+        /* The only libcurl clock set is the connect clock (TLS handshake included). */
+        st = MAAS_ERR_CONNECT_TIMEOUT;
+        break;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_USE_SSL_FAILED:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+        st = MAAS_ERR_TLS;
+        break;
+    case CURLE_OUT_OF_MEMORY:
+        st = MAAS_ERR_NO_MEMORY;
+        break;
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        st = MAAS_ERR_CONFIG;
+        break;
+    default:
+        st = MAAS_ERR_NETWORK;
+        break;
+    }
+    return maas_error_set(err, st, "%s", detail);
+}
+
+static int contains(const char *hay, const char *needle)
+{
+    return hay && strstr(hay, needle) != NULL;
+}
+
+maas_status maas_http_status_error(long http_status, const char *body, size_t len,
+                                   int token_endpoint, maas_error_rec *err)
+{
+    maas_error_body eb;
+    maas_status st;
+    maas_error_body_parse(&eb, body, len);
+    err->pub.http_status = (int)http_status;
+    err->pub.grpc_code = eb.grpc_code;
+    maas_error_set_request_id(err, eb.request_id);
+
+    if (token_endpoint && (http_status == 400 || http_status == 401 || http_status == 403))
+        st = MAAS_ERR_AUTH;
+    else if (http_status == 401)
+        st = MAAS_ERR_UNAUTHENTICATED;
+    else if (http_status == 403)
+        st = MAAS_ERR_PERMISSION_DENIED;
+    else if (http_status == 400)
+        st = contains(eb.message, "can't find requested product") ? MAAS_ERR_UNKNOWN_MODEL
+                                                                  : MAAS_ERR_INVALID_REQUEST;
+    else if (http_status == 404)
+        st = eb.grpc_code == 5 ? MAAS_ERR_UNKNOWN_MODEL : MAAS_ERR_HTTP;
+    else if (http_status == 429)
+        st = MAAS_ERR_RATE_LIMITED;
+    else if (http_status == 503)
+        st = MAAS_ERR_UNAVAILABLE;
+    else if (http_status >= 500 && http_status <= 599)
+        st = MAAS_ERR_SERVER;
+    else
+        st = MAAS_ERR_HTTP;
+
+    if (eb.message[0])
+        return maas_error_set(err, st, "%s", eb.message);
+    if (token_endpoint && eb.oauth_error[0])
+        return maas_error_set(err, st, "%s", eb.oauth_error);
+    return maas_error_set(err, st, "HTTP %ld from the %s", http_status,
+                          token_endpoint ? "token endpoint" : "server");
+}
+
+/* ---- retries ---------------------------------------------------------- */
+
+int maas_retry_worth(const maas_error_rec *err, int received)
+{
+    switch (err->pub.status) {
+    case MAAS_ERR_CONNECT:
+    case MAAS_ERR_CONNECT_TIMEOUT:
+    case MAAS_ERR_RATE_LIMITED:
+    case MAAS_ERR_UNAVAILABLE:
+        return 1;
+    case MAAS_ERR_NETWORK:
+    case MAAS_ERR_IDLE_TIMEOUT:
+        /* A connection that died or went quiet before answering. */
+        return !received;
+    case MAAS_ERR_SERVER:
+        return err->pub.http_status == 500 || err->pub.http_status == 502 ||
+               err->pub.http_status == 504;
+    default:
+        return 0;
+    }
+}
+
+static double jitter(void)
+{
+    /* A per-thread xorshift: retries of many threads must not move in lockstep. */
+    static _Thread_local uint64_t s;
+    if (!s)
+        s = (uint64_t)maas_now_ms() ^ ((uint64_t)(uintptr_t)&s << 16) ^ 0x9e3779b97f4a7c15ull;
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return 0.75 + 0.25 * (double)(s >> 11) / (double)(1ull << 53);
+}
+
+int64_t maas_retry_delay_ms(const maas_client *c, unsigned retry, const maas_error_rec *err)
+{
+    double d;
+    if ((int)retry > c->max_retries)
+        return -1;
+    if (err->pub.retry_after >= 0) {
+        d = err->pub.retry_after * 1000.0;
+        return d > (double)c->retry_after_max_ms ? c->retry_after_max_ms : (int64_t)d;
+    }
+    d = (double)c->retry_base_ms * ldexp(1.0, (int)retry - 1);
+    if (d > (double)c->retry_max_ms)
+        d = (double)c->retry_max_ms;
+    return (int64_t)(d * jitter());
+}
+
+/* ---- whole requests --------------------------------------------------- */
+
+struct fetch_sink {
+    maas_xfer *x;
+    maas_response *r;
+    size_t max;
+    size_t cap;
+    int too_big;
+    int no_memory;
+};
+
+static size_t fetch_write(char *data, size_t size, size_t n, void *userp)
+{
+    struct fetch_sink *s = userp;
+    size_t len = size * n;
+    maas_response *r = s->r;
+    s->x->received = 1;
+    maas_xfer_mark(s->x);
+    if (r->len + len > s->max) {
+        s->too_big = 1;
+        return 0;
+    }
+    if (r->len + len + 1 > s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 4096;
+        char *b;
+        while (cap < r->len + len + 1)
+            cap *= 2;
+        b = realloc(r->body, cap);
+        if (!b) {
+            s->no_memory = 1;
+            return 0;
+        }
+        r->body = b;
+        s->cap = cap;
+    }
+    memcpy(r->body + r->len, data, len);
+    r->len += len;
+    r->body[r->len] = '\0';
+    return len;
+}
+
+void maas_response_free(maas_response *r)
+{
+    if (!r)
+        return;
+    free(r->body);
+    r->body = NULL;
+    r->len = 0;
+}
+
+maas_status maas_http_fetch(maas_client *c, const maas_fetch *f, maas_response *out,
+                            maas_error_rec *err)
+{
+    maas_xfer x;
+    struct fetch_sink sink;
+    maas_status st;
+    CURLcode rc = CURLE_OK;
+
+    memset(out, 0, sizeof *out);
+    out->meta.retry_after = -1.0;
+    st = maas_xfer_init(&x, c, NULL, err);
+    if (st != MAAS_OK)
+        return st;
+    memset(&sink, 0, sizeof sink);
+    sink.x = &x;
+    sink.r = out;
+    sink.max = f->max_body;
+
+    st = maas_xfer_prepare(&x, err);
+    if (st != MAAS_OK)
+        goto done;
+#define SET(opt, val) do { if (rc == CURLE_OK) rc = curl_easy_setopt(x.easy, opt, val); } while (0)
+    SET(CURLOPT_URL, f->url);
+    SET(CURLOPT_HTTPHEADER, f->headers);
+    SET(CURLOPT_WRITEFUNCTION, fetch_write);
+    SET(CURLOPT_WRITEDATA, &sink);
+    SET(CURLOPT_HEADERFUNCTION, maas_http_header_cb);
+    SET(CURLOPT_HEADERDATA, &out->meta);
+    if (f->post_body) {
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)f->post_len);
+        SET(CURLOPT_POSTFIELDS, f->post_body);
+    }
+#undef SET
+    if (rc != CURLE_OK) {
+        st = maas_error_set(err, MAAS_ERR_INTERNAL, "could not configure libcurl: %s",
+                            curl_easy_strerror(rc));
+        goto done;
+    }
+    st = maas_xfer_start(&x, err);
+    while (st == MAAS_OK && !x.done)
+        st = maas_xfer_step(&x, err);
+    if (st != MAAS_OK)
+        goto done;
+    curl_easy_getinfo(x.easy, CURLINFO_RESPONSE_CODE, &out->status);
+    err->pub.http_status = (int)out->status;
+    if (sink.too_big)
+        st = maas_error_set(err, MAAS_ERR_PROTOCOL, "the response exceeds %zu bytes", f->max_body);
+    else if (sink.no_memory)
+        st = maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory reading a response");
+    else if (x.result != CURLE_OK)
+        st = maas_http_curl_error(&x, x.result, err);
+done:
+    err->pub.retry_after = out->meta.retry_after;
+    maas_xfer_cleanup(&x);
+    if (st != MAAS_OK)
+        maas_response_free(out);
+    return st;
+}
+
+maas_status maas_http_call(maas_client *c, const maas_fetch *f, int with_auth,
+                           maas_response *out, maas_error_rec *err)
+{
+    unsigned attempts = 0, retries = 0;
+    int replayed = 0;
+    maas_status st;
+
+    for (;;) {
+        maas_auth_ticket ticket = { NULL, 0 };
+        struct curl_slist *headers = f->headers, *auth = NULL;
+        maas_fetch one = *f;
+
+        if (with_auth) {
+            st = maas_auth_acquire(c, &ticket, err);
+            if (st != MAAS_OK)
+                return st;
+            /* The token goes first, in a node of its own that is wiped after use. */
+            auth = curl_slist_append(NULL, ticket.header);
+            if (!auth) {
+                maas_auth_release(&ticket);
+                return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory");
+            }
+            auth->next = headers;
+            one.headers = auth;
+        }
+        attempts++;
+        if (!f->token_endpoint)
+            maas_count(c, MAAS_COUNTER_API_REQUESTS, 1);
+        MAAS_DEBUG(c, "%s %s (attempt %u)", f->post_body ? "POST" : "GET", f->url, attempts);
+        st = maas_http_fetch(c, &one, out, err);
+        if (auth) {
+            auth->next = NULL;
+            maas_http_headers_free(auth);
+        }
+        err->pub.attempts = attempts;
+        if (st == MAAS_OK) {
+            MAAS_DEBUG(c, "HTTP %ld, %zu bytes", out->status, out->len);
+            if (out->status >= 200 && out->status < 300) {
+                maas_auth_release(&ticket);
+                return MAAS_OK;
+            }
+            if (with_auth && out->status == 401 && !replayed &&
+                maas_auth_reject(c, ticket.generation)) {
+                /* The token was refused: drop it, fetch a new one, replay once. */
+                replayed = 1;
+                maas_count(c, MAAS_COUNTER_TOKEN_REPLAYS, 1);
+                MAAS_INFO(c, "401 from the API: replaying once with a new token");
+                maas_auth_release(&ticket);
+                maas_response_free(out);
+                continue;
+            }
+            st = maas_http_status_error(out->status, out->body, out->len, f->token_endpoint, err);
+            err->pub.retry_after = out->meta.retry_after;
+            maas_response_free(out);
+        }
+        maas_auth_release(&ticket);
+        /* These calls are idempotent: a cut answer may be asked for again. */
+        if (maas_retry_worth(err, 0)) {
+            int64_t delay = maas_retry_delay_ms(c, ++retries, err);
+            if (delay >= 0) {
+                MAAS_INFO(c, "%s (%s); retry %u in %lld ms", maas_strerror(st), err->message,
+                          retries, (long long)delay);
+                maas_count(c, MAAS_COUNTER_RETRIES, 1);
+                maas_sleep_ms(delay);
+                maas_error_clear(err);
+                continue;
+            }
+        }
+        return st;
+    }
+}

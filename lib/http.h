@@ -1,0 +1,155 @@
+/*
+ * http: the libcurl transport. Easy handles configured one way for every
+ * request (TLS verification, CA bundle, User-Agent, keep-alive, connect
+ * clock, a share handle so that connections, DNS and TLS sessions are
+ * reused across the calls and threads of one client), the transfer driver
+ * with the idle and deadline clocks and cancellation, the mapping of curl
+ * failures and HTTP statuses onto maas_status, and the retry policy.
+ */
+#ifndef MAAS_LIB_HTTP_H
+#define MAAS_LIB_HTTP_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <curl/curl.h>
+#include "error.h"
+
+struct maas_client;
+
+/*
+ * A channel is a multi handle and an easy handle used by one transfer at a
+ * time. Idle channels wait in the client's pool with their keep-alive
+ * connections in the multi handle's cache: libcurl does not support sharing
+ * a connection cache between concurrent threads, so connections are reused
+ * by handing whole channels from call to call instead.
+ */
+typedef struct maas_channel {
+    CURLM *multi;
+    CURL *easy;
+    struct maas_channel *next;
+} maas_channel;
+
+#define MAAS_CHANNEL_POOL_MAX 16
+
+typedef struct maas_http {
+    CURLSH *share;           /* DNS cache and TLS sessions, shared by all threads */
+    pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
+    pthread_mutex_t pool_lock;
+    maas_channel *pool;      /* idle channels */
+    unsigned pooled;
+    char user_agent[160];
+} maas_http;
+
+maas_status maas_http_init(struct maas_client *c, maas_error_rec *err);
+void maas_http_cleanup(maas_http *h);
+
+/* Set the client's common options on an easy handle (after a reset). */
+maas_status maas_http_setup(struct maas_client *c, CURL *easy, char *errbuf, maas_error_rec *err);
+
+/* Headers every API request carries, plus `auth_header` (may be NULL). */
+struct curl_slist *maas_http_headers(const char *auth_header, int json_body);
+/* Free a header list after wiping it (it may hold a token). */
+void maas_http_headers_free(struct curl_slist *h);
+
+/* What a header callback learns of a response. */
+typedef struct maas_http_meta {
+    double retry_after;      /* seconds, -1 when absent */
+    char content_type[96];
+} maas_http_meta;
+size_t maas_http_header_cb(char *data, size_t size, size_t n, void *meta);
+
+/*
+ * One transfer driven on its own multi handle, with the clocks a request
+ * has: connect (curl's), idle (gap between activity marks) and deadline.
+ */
+typedef struct maas_xfer {
+    struct maas_client *client;
+    maas_channel *ch;
+    CURL *easy;              /* ch->easy, once set up for a request */
+    int added;
+    int done;
+    CURLcode result;
+    int64_t deadline_at;     /* monotonic ms, 0 for none */
+    int64_t idle_ms;         /* <= 0 for none */
+    int64_t idle_since;      /* monotonic ms of the last activity mark */
+    int received;            /* any body byte arrived */
+    atomic_int *cancel;      /* may be NULL */
+    char errbuf[CURL_ERROR_SIZE];
+} maas_xfer;
+
+/* Take a channel from the pool (or make one). The clocks come from the client. */
+maas_status maas_xfer_init(maas_xfer *x, struct maas_client *c, atomic_int *cancel,
+                           maas_error_rec *err);
+/* Give the channel back (a channel whose transfer was cut loses its connection). */
+void maas_xfer_cleanup(maas_xfer *x);
+/* Reset the easy handle with the client's options, for one attempt. */
+maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err);
+/* Start the attempt prepared on x->easy and its idle clock. */
+maas_status maas_xfer_start(maas_xfer *x, maas_error_rec *err);
+/* End the attempt: remove the easy handle from the multi handle, count connections. */
+void maas_xfer_finish(maas_xfer *x);
+/* Restart the idle clock (a message, or the caller gave control back). */
+void maas_xfer_mark(maas_xfer *x);
+/*
+ * Drive the transfer once, waiting up to the nearer clock for activity.
+ * MAAS_OK: call again (check x->done). Errors: CANCELLED, IDLE_TIMEOUT,
+ * DEADLINE, INTERNAL (err filled).
+ */
+maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err);
+/* Sleep `ms`, cut short by cancellation or the deadline (returns CANCELLED / DEADLINE). */
+maas_status maas_xfer_sleep(maas_xfer *x, int64_t ms, maas_error_rec *err);
+/* Wake a maas_xfer_step() blocked in another thread. */
+void maas_xfer_wakeup(maas_xfer *x);
+
+/* Map a finished transfer's CURLcode (not CURLE_OK) onto a status in err. */
+maas_status maas_http_curl_error(const maas_xfer *x, CURLcode rc, maas_error_rec *err);
+
+/*
+ * Map a non-2xx HTTP response onto a status in err, taking the server's
+ * message, gRPC code and request id from the body (any of its shapes).
+ * `token_endpoint` turns 400/401 into MAAS_ERR_AUTH.
+ */
+maas_status maas_http_status_error(long http_status, const char *body, size_t len,
+                                   int token_endpoint, maas_error_rec *err);
+
+/* Seconds from a Retry-After value (delta-seconds or an HTTP date); -1 if unusable. */
+double maas_http_parse_retry_after(const char *value, time_t now);
+
+/* Is a failure worth another attempt? `received`: response bytes had arrived. */
+int maas_retry_worth(const maas_error_rec *err, int received);
+/* Delay before retry number `retry` (1-based), honouring Retry-After; -1: no more retries. */
+int64_t maas_retry_delay_ms(const struct maas_client *c, unsigned retry, const maas_error_rec *err);
+
+/* One whole request with a bounded body, as the token endpoint and /models need. */
+typedef struct maas_fetch {
+    const char *url;
+    const char *post_body;    /* NULL: GET */
+    size_t post_len;
+    struct curl_slist *headers;
+    size_t max_body;          /* larger answers fail with MAAS_ERR_PROTOCOL */
+    int token_endpoint;
+} maas_fetch;
+
+typedef struct maas_response {
+    long status;
+    char *body;               /* NUL-terminated; free() it */
+    size_t len;
+    maas_http_meta meta;
+} maas_response;
+
+/* One attempt: HTTP errors are not failures here (look at out->status). */
+maas_status maas_http_fetch(struct maas_client *c, const maas_fetch *f, maas_response *out,
+                            maas_error_rec *err);
+
+/*
+ * A whole call: attempts with retries and backoff, and (with_auth) the
+ * client's token in an Authorization header, replayed once with a new token
+ * after a 401. MAAS_OK only for a 2xx answer, whose body is in out.
+ * f->headers are the call's own headers (the token is added per attempt).
+ */
+maas_status maas_http_call(struct maas_client *c, const maas_fetch *f, int with_auth,
+                           maas_response *out, maas_error_rec *err);
+void maas_response_free(maas_response *r);
+
+#endif

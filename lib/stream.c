@@ -1,0 +1,757 @@
+/*
+ * stream: generation streams. One engine, the pull iterator
+ * (maas_stream_next), under both the push interface (maas_stream_run,
+ * maas_generate) and the collecting convenience (maas_generate_text).
+ *
+ * An attempt is one POST to generatestream. Before any token has reached the
+ * caller a failed attempt may be replayed (after a 401, with a new token) or
+ * retried (connection failures, 429, 5xx); once a token has been delivered a
+ * failure is final, so the caller never sees a token twice.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "auth.h"
+#include "client.h"
+#include "clock.h"
+#include "http.h"
+#include "log.h"
+#include "models.h"
+#include "ndjson.h"
+
+/* The body of a non-200 answer kept for its error message. */
+#define ERROR_BODY_MAX (64 * 1024)
+
+typedef enum stream_state {
+    S_NEW,           /* opened, no attempt yet */
+    S_RUNNING,       /* an attempt is under way */
+    S_FINAL_PENDING, /* the final message's token was handed out; MAAS_DONE is next */
+    S_DONE,
+    S_FAILED
+} stream_state;
+
+struct maas_stream {
+    maas_client *c;
+    maas_xfer x;
+    atomic_int cancel;
+    stream_state state;
+
+    char *url;
+    char *body;
+    size_t body_len;
+    struct curl_slist *headers;  /* the fixed ones; the token is added per attempt */
+    struct curl_slist *auth;     /* this attempt's token node, wiped when dropped */
+    maas_auth_ticket ticket;
+
+    maas_ndjson dec;
+    maas_http_meta meta;
+    long http_status;
+    char *error_body;
+    size_t error_len;
+    maas_status write_status;    /* a decoder failure seen while receiving */
+
+    unsigned attempts, retries;
+    int replayed;
+    int sent;                    /* the current attempt reached the network */
+    size_t tokens;               /* delivered to the caller */
+    maas_token token;
+
+    maas_details details;
+    char *finish_name;
+    char *generated_text;
+    char request_id[MAAS_REQUEST_ID_MAX];
+
+    maas_error_rec err;
+};
+
+/* ---- request validation and body --------------------------------------- */
+
+/* Code points of valid UTF-8, or -1. */
+static long utf8_length(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    long count = 0;
+    while (p < end) {
+        unsigned char b = *p;
+        size_t need;
+        uint32_t cp;
+        if (b < 0x80) {
+            p++;
+            count++;
+            continue;
+        }
+        if (b >= 0xc2 && b <= 0xdf) {
+            need = 1;
+            cp = b & 0x1f;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            need = 2;
+            cp = b & 0x0f;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            need = 3;
+            cp = b & 0x07;
+        } else {
+            return -1;
+        }
+        if ((size_t)(end - p) <= need)
+            return -1;
+        for (size_t i = 1; i <= need; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return -1;
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        /* Overlong forms, surrogates and values past U+10FFFF. */
+        if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return -1;
+        p += need + 1;
+        count++;
+    }
+    return count;
+}
+
+static maas_status check_request(const maas_request *r, maas_error_rec *err)
+{
+    long n;
+    if (r->version == 0 || r->version > MAAS_REQUEST_VERSION)
+        return maas_error_set(err, MAAS_ERR_OPTIONS_VERSION,
+                              "maas_request version %u is not supported (this is libmaas %s, which "
+                              "knows versions 1 to %d; initialise with MAAS_REQUEST_INIT)",
+                              r->version, MAAS_VERSION_STRING, MAAS_REQUEST_VERSION);
+    if (!r->prompt)
+        return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT, "prompt is NULL");
+    n = utf8_length(r->prompt, strlen(r->prompt));
+    if (n < 0)
+        return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT, "prompt is not valid UTF-8");
+    if (n < 2)
+        return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
+                              "prompt must be at least 2 characters, got %ld", n);
+    if (r->max_new_tokens != 0 && (r->max_new_tokens < 1 || r->max_new_tokens >= 2048))
+        return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
+                              "max_new_tokens must be in [1, 2048), got %d", r->max_new_tokens);
+    if (!(r->temperature >= 0.0 && r->temperature < 1.0))
+        return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
+                              "temperature must be in [0, 1), got %g", r->temperature);
+    if (!r->model_info && !r->model)
+        return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
+                              "model is NULL: name a model or product, or pass model_info");
+    return MAAS_OK;
+}
+
+static const maas_model *resolve_model(maas_client *c, const maas_request *r, maas_error_rec *err)
+{
+    const maas_model_list *cat;
+    const maas_model *m;
+    if (r->model_info)
+        return r->model_info;
+    cat = maas_client_catalogue(c, err);
+    if (!cat)
+        return NULL;
+    m = maas_model_list_find(cat, r->model);
+    if (!m)
+        maas_error_set(err, MAAS_ERR_UNKNOWN_MODEL,
+                       "model \"%s\" is not in the catalogue (neither a model nor a product name)",
+                       r->model);
+    return m;
+}
+
+static maas_status build_body(maas_stream *s, const maas_request *r, const maas_model *m,
+                              maas_error_rec *err)
+{
+    json_t *root = NULL, *req = NULL, *params = NULL;
+    json_error_t jerr;
+    maas_status st = MAAS_OK;
+
+    if (r->params_json) {
+        params = json_loads(r->params_json, 0, &jerr);
+        if (!params || !json_is_object(params)) {
+            json_decref(params);
+            return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
+                                  "params_json is not a JSON object%s%s", params ? "" : ": ",
+                                  params ? "" : jerr.text);
+        }
+    } else {
+        params = json_object();
+    }
+    root = json_object();
+    req = json_object();
+    if (!params || !root || !req ||
+        json_object_set_new(params, "max_new_tokens",
+                            json_integer(r->max_new_tokens ? r->max_new_tokens
+                                                           : MAAS_DEFAULT_MAX_NEW_TOKENS)) ||
+        json_object_set_new(params, "temperature", json_real(r->temperature)) ||
+        json_object_set_new(req, "prompt", json_string(r->prompt)) ||
+        json_object_set(req, "params", params) ||
+        json_object_set_new(root, "model", json_string(m->model_name)) ||
+        json_object_set(root, "request", req) ||
+        json_object_set_new(root, "cloudAccountId", json_string(s->c->cloud_account)) ||
+        json_object_set_new(root, "productName", json_string(m->product_name)) ||
+        json_object_set_new(root, "productId", json_string(m->product_id))) {
+        st = maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory building the request");
+        goto out;
+    }
+    /* 15 significant digits print 0.9 as 0.9, as the guide's Python does. */
+    s->body = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    if (!s->body)
+        st = maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory building the request");
+    else
+        s->body_len = strlen(s->body);
+out:
+    json_decref(params);
+    json_decref(req);
+    json_decref(root);
+    return st;
+}
+
+/* ---- receiving ---------------------------------------------------------- */
+
+static size_t on_write(char *data, size_t size, size_t n, void *userp)
+{
+    maas_stream *s = userp;
+    size_t len = size * n;
+    maas_status st;
+
+    if (!s->http_status)
+        curl_easy_getinfo(s->x.easy, CURLINFO_RESPONSE_CODE, &s->http_status);
+    s->x.received = 1;
+    if (s->http_status != 200) {
+        size_t keep = ERROR_BODY_MAX - s->error_len;
+        char *b;
+        if (keep > len)
+            keep = len;
+        if (keep) {
+            b = realloc(s->error_body, s->error_len + keep + 1);
+            if (!b) {
+                s->write_status = MAAS_ERR_NO_MEMORY;
+                return 0;
+            }
+            s->error_body = b;
+            memcpy(b + s->error_len, data, keep);
+            s->error_len += keep;
+            b[s->error_len] = '\0';
+        }
+        return len;
+    }
+    /* The idle clock measures the gap between messages, so only a line end restarts it:
+     * a server dripping one message byte by byte still trips it. */
+    if (memchr(data, '\n', len))
+        maas_xfer_mark(&s->x);
+    st = maas_ndjson_feed(&s->dec, data, len);
+    if (st != MAAS_OK) {
+        s->write_status = st;
+        return 0;
+    }
+    return len;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *userp)
+{
+    maas_stream *s = userp;
+    /* Headers are activity before the first message: the answer has begun. */
+    maas_xfer_mark(&s->x);
+    return maas_http_header_cb(data, size, n, &s->meta);
+}
+
+/* ---- attempts ------------------------------------------------------------ */
+
+static void drop_attempt(maas_stream *s)
+{
+    maas_xfer_finish(&s->x);
+    if (s->auth) {
+        s->auth->next = NULL; /* free only the token node, not the fixed headers */
+        maas_http_headers_free(s->auth);
+        s->auth = NULL;
+    }
+}
+
+static maas_status fail(maas_stream *s, maas_status st)
+{
+    drop_attempt(s);
+    s->state = S_FAILED;
+    s->err.pub.status = st;
+    s->err.pub.attempts = s->attempts;
+    if (!s->err.request_id[0])
+        maas_error_set_request_id(&s->err, s->request_id);
+    MAAS_DEBUG(s->c, "stream failed after %zu tokens, %u attempts: %s: %s", s->tokens,
+               s->attempts, maas_status_name(st), s->err.message);
+    return maas_error_publish(&s->err);
+}
+
+static maas_status start_attempt(maas_stream *s)
+{
+    maas_status st;
+    CURLcode rc = CURLE_OK;
+
+    drop_attempt(s);
+    s->sent = 0;
+    if (!s->ticket.header) {
+        st = maas_auth_acquire(s->c, &s->ticket, &s->err);
+        if (st != MAAS_OK)
+            return st;
+    }
+    s->auth = curl_slist_append(NULL, s->ticket.header);
+    if (!s->auth)
+        return maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory");
+    s->auth->next = s->headers;
+
+    st = maas_xfer_prepare(&s->x, &s->err);
+    if (st != MAAS_OK)
+        return st;
+#define SET(opt, val) do { if (rc == CURLE_OK) rc = curl_easy_setopt(s->x.easy, opt, val); } while (0)
+    SET(CURLOPT_URL, s->url);
+    SET(CURLOPT_HTTPHEADER, s->auth);
+    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)s->body_len);
+    SET(CURLOPT_POSTFIELDS, s->body);
+    SET(CURLOPT_WRITEFUNCTION, on_write);
+    SET(CURLOPT_WRITEDATA, s);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, s);
+#undef SET
+    /* The head of the list must not lead into the fixed headers when it is freed. */
+    if (rc != CURLE_OK)
+        return maas_error_set(&s->err, MAAS_ERR_INTERNAL, "could not configure libcurl: %s",
+                              curl_easy_strerror(rc));
+    maas_ndjson_reset(&s->dec);
+    s->meta.retry_after = -1.0;
+    s->meta.content_type[0] = '\0';
+    s->http_status = 0;
+    s->error_len = 0;
+    s->write_status = MAAS_OK;
+    if (s->attempts == 0 && s->c->deadline_ms > 0)
+        s->x.deadline_at = maas_now_ms() + s->c->deadline_ms;
+    s->attempts++;
+    maas_count(s->c, MAAS_COUNTER_API_REQUESTS, 1);
+    MAAS_DEBUG(s->c, "POST %s (attempt %u)", s->url, s->attempts);
+    st = maas_xfer_start(&s->x, &s->err);
+    if (st == MAAS_OK) {
+        s->state = S_RUNNING;
+        s->sent = 1;
+    }
+    return st;
+}
+
+/*
+ * The attempt failed with s->err set and nothing delivered: replay after a
+ * 401, retry when worth it, or give up. MAAS_OK means a new attempt runs.
+ */
+static maas_status after_failed_attempt(maas_stream *s, maas_status st)
+{
+    uint64_t generation = s->ticket.generation;
+    int64_t delay;
+
+    drop_attempt(s);
+    s->err.pub.attempts = s->attempts;
+    /* Never once a token has reached the caller; and a token fetch that failed
+     * has had its own retries. */
+    if (s->tokens > 0 || !s->sent || st == MAAS_ERR_CANCELLED || st == MAAS_ERR_DEADLINE)
+        return st;
+    if (st == MAAS_ERR_UNAUTHENTICATED && !s->replayed && maas_auth_reject(s->c, generation)) {
+        s->replayed = 1;
+        maas_count(s->c, MAAS_COUNTER_TOKEN_REPLAYS, 1);
+        MAAS_INFO(s->c, "401 from the API: replaying once with a new token");
+        maas_auth_release(&s->ticket);
+        maas_error_clear(&s->err);
+        return start_attempt(s);
+    }
+    /* Nothing was delivered, so a stream cut before its first token is retried too. */
+    if (st != MAAS_ERR_TRUNCATED && !maas_retry_worth(&s->err, 0))
+        return st;
+    delay = maas_retry_delay_ms(s->c, s->retries + 1, &s->err);
+    if (delay < 0)
+        return st;
+    s->retries++;
+    maas_count(s->c, MAAS_COUNTER_RETRIES, 1);
+    MAAS_INFO(s->c, "%s (%s); retry %u in %lld ms", maas_strerror(st), s->err.message, s->retries,
+              (long long)delay);
+    st = maas_xfer_sleep(&s->x, delay, &s->err);
+    if (st != MAAS_OK)
+        return st;
+    /* A token may have expired during the wait: take the cache's current one. */
+    maas_auth_release(&s->ticket);
+    maas_error_clear(&s->err);
+    return start_attempt(s);
+}
+
+/* The transfer is over and the decoder holds no complete line. */
+static maas_status transfer_ended(maas_stream *s, maas_msg *msg)
+{
+    maas_status st;
+    if (s->write_status != MAAS_OK) {
+        if (s->write_status == MAAS_ERR_NO_MEMORY)
+            return maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory reading the stream");
+        return maas_error_set(&s->err, s->write_status, "%s", maas_ndjson_error(&s->dec));
+    }
+    if (s->x.result != CURLE_OK) {
+        if (s->http_status == 200) {
+            /* The server cut the stream: what arrived stays delivered. */
+            char detail[CURL_ERROR_SIZE];
+            maas_copy_text(detail, sizeof detail, s->x.errbuf, strlen(s->x.errbuf));
+            return maas_error_set(&s->err, MAAS_ERR_TRUNCATED,
+                                  "the connection was cut after %zu tokens, before the final "
+                                  "message (%s)", s->tokens,
+                                  detail[0] ? detail : curl_easy_strerror(s->x.result));
+        }
+        return maas_http_curl_error(&s->x, s->x.result, &s->err);
+    }
+    if (s->http_status != 200) {
+        s->err.pub.retry_after = s->meta.retry_after;
+        st = maas_http_status_error(s->http_status, s->error_body, s->error_len, 0, &s->err);
+        return st;
+    }
+    st = maas_ndjson_finish(&s->dec, msg);
+    if (st == MAAS_OK)
+        return MAAS_OK; /* an unterminated last line */
+    if (st != MAAS_DONE)
+        return maas_error_set(&s->err, st, "%s", maas_ndjson_error(&s->dec));
+    return maas_error_set(&s->err, MAAS_ERR_TRUNCATED,
+                          "the stream ended after %zu tokens without its final message", s->tokens);
+}
+
+static char *dup_len(const char *p, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        if (n)
+            memcpy(d, p, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+static maas_status keep_details(maas_stream *s, const maas_msg *m)
+{
+    const maas_details *d = &m->details;
+    const char *name = d->finish_reason_name ? d->finish_reason_name : "";
+    s->details = *d;
+    s->finish_name = dup_len(name, strlen(name));
+    s->generated_text = dup_len(d->generated_text ? d->generated_text : "", d->generated_text_len);
+    if (!s->finish_name || !s->generated_text)
+        return maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory keeping the details");
+    s->details.finish_reason_name = s->finish_name;
+    s->details.generated_text = s->generated_text;
+    s->details.request_id = s->request_id;
+    return MAAS_OK;
+}
+
+/*
+ * Let the transfer end after the final message (its terminating chunk is
+ * usually in the same packet) so that the connection can be reused. A server
+ * that keeps the stream open past its final message is not waited for long:
+ * the connection is closed instead.
+ */
+static void drain(maas_stream *s)
+{
+    maas_error_rec ignored;
+    int64_t until = maas_now_ms() + 1000;
+    long saved = (long)s->x.idle_ms;
+    maas_error_clear(&ignored);
+    s->x.idle_ms = 1000;
+    maas_xfer_mark(&s->x);
+    while (!s->x.done && maas_now_ms() < until && maas_xfer_step(&s->x, &ignored) == MAAS_OK)
+        ;
+    s->x.idle_ms = saved;
+    drop_attempt(s);
+}
+
+/* One decoded message: a token to hand out, the end, or the server's error. */
+static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **out)
+{
+    maas_status st;
+    if (m->request_id && m->request_id[0])
+        maas_copy_text(s->request_id, sizeof s->request_id, m->request_id, strlen(m->request_id));
+    switch (m->type) {
+    case MAAS_MSG_TOKEN:
+        s->token = m->token;
+        s->token.index = s->tokens++;
+        *out = &s->token;
+        return MAAS_OK;
+    case MAAS_MSG_FINAL:
+        st = keep_details(s, m);
+        if (st != MAAS_OK)
+            return fail(s, st);
+        drain(s);
+        if (m->has_token) {
+            s->token = m->token;
+            s->token.index = s->tokens++;
+            *out = &s->token;
+            s->state = S_FINAL_PENDING;
+            return MAAS_OK;
+        }
+        s->state = S_DONE;
+        return MAAS_DONE;
+    case MAAS_MSG_ERROR:
+        s->err.pub.grpc_code = m->grpc_code;
+        s->err.pub.http_status = (int)s->http_status;
+        maas_error_set_request_id(&s->err, m->request_id);
+        maas_error_set(&s->err, MAAS_ERR_STREAM, "%s",
+                       m->error_message && m->error_message[0] ? m->error_message
+                                                               : "the server reported an error");
+        return fail(s, MAAS_ERR_STREAM);
+    case MAAS_MSG_NONE:
+        break;
+    }
+    maas_error_set(&s->err, MAAS_ERR_INTERNAL, "the decoder produced no message");
+    return fail(s, MAAS_ERR_INTERNAL);
+}
+
+/* ---- public ------------------------------------------------------------------ */
+
+maas_status maas_stream_open(maas_stream **out, maas_client *client, const maas_request *request)
+{
+    maas_stream *s;
+    maas_error_rec err;
+    const maas_model *m;
+    maas_status st;
+    size_t n;
+
+    if (!out)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (!client || !request)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "%s is NULL", client ? "request" : "client");
+    maas_error_clear(&err);
+    st = check_request(request, &err);
+    if (st != MAAS_OK)
+        return maas_error_publish(&err);
+    if (!client->cloud_account)
+        return maas_fail(MAAS_ERR_CONFIG,
+                         "no cloud account: set cloud_account (MAAS_CLOUD_ACCOUNT)");
+
+    s = calloc(1, sizeof *s);
+    if (!s)
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory opening a stream");
+    s->c = client;
+    atomic_init(&s->cancel, 0);
+    maas_error_clear(&s->err);
+    maas_ndjson_init(&s->dec, client->max_line_bytes);
+    st = maas_xfer_init(&s->x, client, &s->cancel, &s->err);
+    if (st != MAAS_OK)
+        goto fail;
+
+    m = resolve_model(client, request, &s->err);
+    if (!m) {
+        st = s->err.pub.status;
+        goto fail;
+    }
+    st = build_body(s, request, m, &s->err);
+    if (st != MAAS_OK)
+        goto fail;
+    n = strlen(client->api_base_url) + sizeof "/generatestream";
+    s->url = malloc(n);
+    s->headers = maas_http_headers(NULL, 1);
+    if (!s->url || !s->headers) {
+        st = maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory opening a stream");
+        goto fail;
+    }
+    snprintf(s->url, n, "%s/generatestream", client->api_base_url);
+    /* Fail early on credentials; the first attempt then uses this token. */
+    st = maas_auth_acquire(client, &s->ticket, &s->err);
+    if (st != MAAS_OK)
+        goto fail;
+    s->state = S_NEW;
+    *out = s;
+    return MAAS_OK;
+fail:
+    maas_error_publish(&s->err);
+    maas_stream_free(s);
+    return st;
+}
+
+maas_status maas_stream_next(maas_stream *s, const maas_token **out)
+{
+    maas_status st;
+    maas_msg msg;
+
+    if (!out)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (!s)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "stream is NULL");
+    switch (s->state) {
+    case S_DONE:
+        return MAAS_DONE;
+    case S_FAILED:
+        return maas_error_publish(&s->err);
+    case S_FINAL_PENDING:
+        s->state = S_DONE;
+        return MAAS_DONE;
+    case S_NEW:
+        if (atomic_load(&s->cancel)) {
+            maas_error_set(&s->err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+            return fail(s, MAAS_ERR_CANCELLED);
+        }
+        st = start_attempt(s);
+        if (st != MAAS_OK && (st = after_failed_attempt(s, st)) != MAAS_OK)
+            return fail(s, st);
+        break;
+    case S_RUNNING:
+        break;
+    }
+    /* The caller held control since the last token: that time is not the server's idleness. */
+    maas_xfer_mark(&s->x);
+
+    for (;;) {
+        st = maas_ndjson_next(&s->dec, &msg);
+        if (st == MAAS_OK)
+            return take_message(s, &msg, out);
+        if (st != MAAS_DONE) {
+            maas_error_set(&s->err, st, "%s", maas_ndjson_error(&s->dec));
+            return fail(s, st);
+        }
+        if (s->x.done) {
+            st = transfer_ended(s, &msg);
+            if (st == MAAS_OK)
+                return take_message(s, &msg, out);
+            st = after_failed_attempt(s, st);
+            if (st != MAAS_OK)
+                return fail(s, st);
+            continue;
+        }
+        st = maas_xfer_step(&s->x, &s->err);
+        if (st != MAAS_OK) {
+            st = after_failed_attempt(s, st);
+            if (st != MAAS_OK)
+                return fail(s, st);
+        }
+    }
+}
+
+maas_status maas_stream_run(maas_stream *s, maas_token_cb on_token, maas_details_cb on_details,
+                            void *payload)
+{
+    const maas_token *tok;
+    maas_status st;
+    if (!s)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "stream is NULL");
+    for (;;) {
+        st = maas_stream_next(s, &tok);
+        if (st == MAAS_OK) {
+            if (on_token && on_token(tok, payload)) {
+                maas_error_set(&s->err, MAAS_ERR_CANCELLED, "cancelled by the token callback");
+                return fail(s, MAAS_ERR_CANCELLED);
+            }
+            continue;
+        }
+        if (st != MAAS_DONE)
+            return st;
+        if (on_details && on_details(&s->details, payload)) {
+            maas_error_set(&s->err, MAAS_ERR_CANCELLED, "cancelled by the details callback");
+            s->state = S_FAILED;
+            return maas_error_publish(&s->err);
+        }
+        return MAAS_OK;
+    }
+}
+
+const maas_details *maas_stream_details(const maas_stream *s)
+{
+    return s && s->state == S_DONE ? &s->details : NULL;
+}
+
+const maas_error *maas_stream_error(const maas_stream *s)
+{
+    return s && s->state == S_FAILED ? &s->err.pub : NULL;
+}
+
+void maas_stream_cancel(maas_stream *s)
+{
+    if (!s)
+        return;
+    atomic_store(&s->cancel, 1);
+    maas_xfer_wakeup(&s->x);
+}
+
+void maas_stream_free(maas_stream *s)
+{
+    if (!s)
+        return;
+    drop_attempt(s);
+    maas_xfer_cleanup(&s->x);
+    maas_auth_release(&s->ticket);
+    maas_ndjson_cleanup(&s->dec);
+    maas_http_headers_free(s->headers);
+    free(s->url);
+    if (s->body) {
+        /* The prompt may be as sensitive as a secret. */
+        maas_wipe(s->body, s->body_len);
+        free(s->body);
+    }
+    free(s->error_body);
+    free(s->finish_name);
+    free(s->generated_text);
+    free(s);
+}
+
+maas_status maas_generate(maas_client *client, const maas_request *request,
+                          maas_token_cb on_token, maas_details_cb on_details, void *payload)
+{
+    maas_stream *s;
+    maas_status st = maas_stream_open(&s, client, request);
+    if (st != MAAS_OK)
+        return st;
+    st = maas_stream_run(s, on_token, on_details, payload);
+    maas_stream_free(s);
+    return st;
+}
+
+struct collect {
+    char *buf;
+    size_t len, cap;
+};
+
+static int collect_token(const maas_token *t, void *payload)
+{
+    struct collect *c = payload;
+    if (t->special)
+        return 0;
+    if (c->len + t->text_len + 1 > c->cap) {
+        size_t cap = c->cap ? c->cap : 256;
+        char *b;
+        while (cap < c->len + t->text_len + 1)
+            cap *= 2;
+        b = realloc(c->buf, cap);
+        if (!b)
+            return 1;
+        c->buf = b;
+        c->cap = cap;
+    }
+    memcpy(c->buf + c->len, t->text, t->text_len);
+    c->len += t->text_len;
+    c->buf[c->len] = '\0';
+    return 0;
+}
+
+maas_status maas_generate_text(char **out, size_t *out_len, maas_client *client,
+                               const maas_request *request)
+{
+    struct collect col = { NULL, 0, 0 };
+    maas_stream *s;
+    maas_status st;
+
+    if (!out)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (out_len)
+        *out_len = 0;
+    st = maas_stream_open(&s, client, request);
+    if (st != MAAS_OK)
+        return st;
+    st = maas_stream_run(s, collect_token, NULL, &col);
+    if (st == MAAS_ERR_CANCELLED && !atomic_load(&s->cancel)) {
+        /* Only the collector cancels on its own: its buffer could not grow. */
+        st = maas_fail(MAAS_ERR_NO_MEMORY, "out of memory collecting the text");
+    }
+    maas_stream_free(s);
+    if (st != MAAS_OK) {
+        free(col.buf);
+        return st;
+    }
+    if (!col.buf && !(col.buf = calloc(1, 1)))
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory collecting the text");
+    *out = col.buf;
+    if (out_len)
+        *out_len = col.len;
+    return MAAS_OK;
+}
