@@ -1,0 +1,545 @@
+/*
+ * maas: a command-line client for the MaaS API, configured from the
+ * environment (MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT, ...).
+ *
+ *   maas models [--json]
+ *   maas generate [options] PROMPT|-
+ *
+ * Exit status: 0 success, 2 usage, and one code per error class (see usage()).
+ * SPDX-License-Identifier: MIT
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <maas/maas.h>
+
+enum exit_code {
+    EXIT_OK = 0,
+    EXIT_INTERNAL = 1,
+    EXIT_USAGE = 2,
+    EXIT_CONFIG = 3,
+    EXIT_AUTH = 4,
+    EXIT_REQUEST = 5,
+    EXIT_SERVICE = 6,
+    EXIT_NETWORK = 7,
+    EXIT_TIMEOUT = 8,
+    EXIT_STREAM = 9,
+    EXIT_INTERRUPTED = 130
+};
+
+static void usage(FILE *f)
+{
+    fputs("usage: maas models [--json]\n"
+          "       maas generate [--model NAME] [--max-tokens N] [--temperature T]\n"
+          "                     [--idle-timeout SECONDS] [--timeout SECONDS]\n"
+          "                     [--connect-timeout SECONDS] [--retries N]\n"
+          "                     [--json] [--details] PROMPT|-\n"
+          "       maas --help | --version\n"
+          "\n"
+          "Commands:\n"
+          "  models     list the models (--json: the service's JSON)\n"
+          "  generate   stream a generation; the text of non-special tokens goes to stdout\n"
+          "             as it arrives. PROMPT '-' reads the prompt from stdin.\n"
+          "\n"
+          "Options of generate:\n"
+          "  --model NAME          model name or product name (default: the first listed model)\n"
+          "  --max-tokens N        max_new_tokens, 1 to 2047 (default 250)\n"
+          "  --temperature T       0 <= T < 1 (default 0.7)\n"
+          "  --idle-timeout S      longest wait for the next message (default 60, 0: none)\n"
+          "  --timeout S           deadline for the whole generation (default none)\n"
+          "  --connect-timeout S   connect timeout (default 10)\n"
+          "  --retries N           retries before the first token (default 2, 0: none)\n"
+          "  --json                one JSON object per event on stdout\n"
+          "  --details             finish reason, token count and seed on stderr at the end\n"
+          "\n"
+          "Environment: MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT,\n"
+          "  MAAS_API_BASE_URL, MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_LOG.\n"
+          "\n"
+          "Exit status: 0 success; 1 internal error; 2 usage; 3 configuration;\n"
+          "  4 authentication or permission; 5 request rejected (invalid, unknown model);\n"
+          "  6 service busy or failing (429, 5xx); 7 network or TLS; 8 timeout;\n"
+          "  9 stream error (error line, truncated, malformed); 130 interrupted.\n",
+          f);
+}
+
+static int exit_code_for(maas_status st)
+{
+    switch (st) {
+    case MAAS_OK:
+    case MAAS_DONE:
+        return EXIT_OK;
+    case MAAS_ERR_CONFIG:
+    case MAAS_ERR_OPTIONS_VERSION:
+        return EXIT_CONFIG;
+    case MAAS_ERR_AUTH:
+    case MAAS_ERR_UNAUTHENTICATED:
+    case MAAS_ERR_PERMISSION_DENIED:
+        return EXIT_AUTH;
+    case MAAS_ERR_INVALID_ARGUMENT:
+    case MAAS_ERR_INVALID_REQUEST:
+    case MAAS_ERR_UNKNOWN_MODEL:
+    case MAAS_ERR_HTTP:
+        return EXIT_REQUEST;
+    case MAAS_ERR_RATE_LIMITED:
+    case MAAS_ERR_UNAVAILABLE:
+    case MAAS_ERR_SERVER:
+        return EXIT_SERVICE;
+    case MAAS_ERR_CONNECT:
+    case MAAS_ERR_TLS:
+    case MAAS_ERR_NETWORK:
+    case MAAS_ERR_CONNECT_TIMEOUT:
+        return EXIT_NETWORK;
+    case MAAS_ERR_IDLE_TIMEOUT:
+    case MAAS_ERR_DEADLINE:
+        return EXIT_TIMEOUT;
+    case MAAS_ERR_STREAM:
+    case MAAS_ERR_TRUNCATED:
+    case MAAS_ERR_PROTOCOL:
+    case MAAS_ERR_LINE_TOO_LONG:
+        return EXIT_STREAM;
+    case MAAS_ERR_CANCELLED:
+        return EXIT_INTERRUPTED;
+    case MAAS_ERR_NO_MEMORY:
+    case MAAS_ERR_INTERNAL:
+        return EXIT_INTERNAL;
+    }
+    return EXIT_INTERNAL;
+}
+
+/* One line: "maas: <class>: <message> (HTTP 429, gRPC 8, request id, 3 attempts)". */
+static int report(maas_status st, const maas_error *e)
+{
+    char extra[256] = "";
+    size_t n = 0;
+    const char *msg = e && e->message[0] ? e->message : "";
+    if (e && e->http_status)
+        n += (size_t)snprintf(extra + n, sizeof extra - n, "%sHTTP %d", n ? ", " : "",
+                              e->http_status);
+    if (e && e->grpc_code >= 0 && n < sizeof extra)
+        n += (size_t)snprintf(extra + n, sizeof extra - n, "%sgRPC %d", n ? ", " : "",
+                              e->grpc_code);
+    if (e && e->request_id[0] && n < sizeof extra)
+        n += (size_t)snprintf(extra + n, sizeof extra - n, "%srequest %s", n ? ", " : "",
+                              e->request_id);
+    if (e && e->attempts > 1 && n < sizeof extra)
+        n += (size_t)snprintf(extra + n, sizeof extra - n, "%s%u attempts", n ? ", " : "",
+                              e->attempts);
+    fprintf(stderr, "maas: %s%s%s%s%s%s\n", maas_strerror(st), msg[0] ? ": " : "", msg,
+            n ? " (" : "", extra, n ? ")" : "");
+    return exit_code_for(st);
+}
+
+static int fail_last(maas_status st)
+{
+    return report(st, maas_last_error());
+}
+
+static void json_string(FILE *f, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i;
+    fputc('"', f);
+    for (i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        switch (ch) {
+        case '"': fputs("\\\"", f); break;
+        case '\\': fputs("\\\\", f); break;
+        case '\n': fputs("\\n", f); break;
+        case '\r': fputs("\\r", f); break;
+        case '\t': fputs("\\t", f); break;
+        default:
+            if (ch < 0x20 || ch == 0x7f)
+                fprintf(f, "\\u00%c%c", hex[ch >> 4], hex[ch & 15]);
+            else
+                fputc(ch, f);
+        }
+    }
+    fputc('"', f);
+}
+
+static int parse_number(const char *opt, const char *v, double lo, double hi, double *out)
+{
+    char *end;
+    double d;
+    errno = 0;
+    d = strtod(v, &end);
+    if (errno || end == v || *end || !isfinite(d) || d < lo || d > hi) {
+        fprintf(stderr, "maas: usage: %s needs a number in [%g, %g], got '%s'\n", opt, lo, hi, v);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+static maas_status make_client(maas_client **out, long connect_ms, long idle_ms, long deadline_ms,
+                               int retries)
+{
+    maas_client_options o;
+    maas_status st = maas_client_options_from_env(&o);
+    if (st != MAAS_OK)
+        return st;
+    o.connect_timeout_ms = connect_ms;
+    o.idle_timeout_ms = idle_ms;
+    o.deadline_ms = deadline_ms;
+    o.max_retries = retries;
+    o.user_agent_suffix = "maas-cli";
+    return maas_client_new(out, &o);
+}
+
+/* ---- models --------------------------------------------------------------- */
+
+static int cmd_models(int argc, char **argv)
+{
+    int json = 0, i, rc = EXIT_OK;
+    maas_client *c = NULL;
+    maas_model_list *list = NULL;
+    maas_status st;
+    size_t k;
+
+    for (i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else {
+            fprintf(stderr, "maas: usage: unknown argument to models: '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    st = make_client(&c, 0, 0, 0, 0);
+    if (st != MAAS_OK)
+        return fail_last(st);
+    st = maas_models_list(&list, c);
+    if (st != MAAS_OK) {
+        rc = fail_last(st);
+        goto out;
+    }
+    if (json)
+        fputs("{\"models\":[", stdout);
+    for (k = 0; k < maas_model_list_count(list); k++) {
+        const maas_model *m = maas_model_list_get(list, k);
+        if (json) {
+            fputs(k ? ",{\"model_name\":" : "{\"model_name\":", stdout);
+            json_string(stdout, maas_model_name(m), strlen(maas_model_name(m)));
+            fputs(",\"product_id\":", stdout);
+            json_string(stdout, maas_model_product_id(m), strlen(maas_model_product_id(m)));
+            fputs(",\"product_name\":", stdout);
+            json_string(stdout, maas_model_product_name(m), strlen(maas_model_product_name(m)));
+            fputc('}', stdout);
+        } else {
+            printf("%s\t%s\t%s\n", maas_model_name(m), maas_model_product_name(m),
+                   maas_model_product_id(m));
+        }
+    }
+    if (json)
+        fputs("]}\n", stdout);
+out:
+    maas_model_list_free(list);
+    maas_client_free(c);
+    return rc;
+}
+
+/* ---- generate ------------------------------------------------------------ */
+
+struct gen_state {
+    int json;
+    int wrote_text;
+    int write_failed;
+};
+
+static int on_token(const maas_token *t, void *payload)
+{
+    struct gen_state *g = payload;
+    if (g->json) {
+        printf("{\"type\":\"token\",\"index\":%zu,\"id\":%u,\"text\":", t->index, (unsigned)t->id);
+        json_string(stdout, t->text, t->text_len);
+        if (t->has_logprob && isfinite(t->logprob))
+            printf(",\"logprob\":%.9g", t->logprob);
+        printf(",\"special\":%s}\n", t->special ? "true" : "false");
+    } else if (!t->special) {
+        fwrite(t->text, 1, t->text_len, stdout);
+        g->wrote_text = 1;
+    }
+    /* A closed pipe (maas generate ... | head) cancels the stream. */
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        g->write_failed = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static void print_details(FILE *f, const maas_details *d, int json)
+{
+    if (json) {
+        fprintf(f, "{\"type\":\"details\",\"finish_reason\":");
+        json_string(f, d->finish_reason_name, strlen(d->finish_reason_name));
+        fprintf(f, ",\"generated_tokens\":%u", (unsigned)d->generated_tokens);
+        if (d->has_seed)
+            fprintf(f, ",\"seed\":\"%llu\"", (unsigned long long)d->seed);
+        fputs(",\"request_id\":", f);
+        json_string(f, d->request_id, strlen(d->request_id));
+        fputs(",\"generated_text\":", f);
+        json_string(f, d->generated_text, d->generated_text_len);
+        fputs("}\n", f);
+    } else {
+        fprintf(f, "finish_reason: %s\ngenerated_tokens: %u\n",
+                d->finish_reason_name[0] ? d->finish_reason_name : "(none)",
+                (unsigned)d->generated_tokens);
+        if (d->has_seed)
+            fprintf(f, "seed: %llu\n", (unsigned long long)d->seed);
+        if (d->request_id[0])
+            fprintf(f, "request_id: %s\n", d->request_id);
+    }
+}
+
+static char *read_stdin(void)
+{
+    size_t cap = 4096, len = 0, n;
+    char *buf = malloc(cap), *b;
+    if (!buf)
+        return NULL;
+    while ((n = fread(buf + len, 1, cap - len - 1, stdin)) > 0) {
+        len += n;
+        if (cap - len - 1 == 0) {
+            b = realloc(buf, cap * 2);
+            if (!b) {
+                free(buf);
+                return NULL;
+            }
+            buf = b;
+            cap *= 2;
+        }
+    }
+    if (ferror(stdin)) {
+        free(buf);
+        return NULL;
+    }
+    /* "echo prompt | maas generate -" should not send echo's newline. */
+    if (len && buf[len - 1] == '\n')
+        len--;
+    buf[len] = '\0';
+    return buf;
+}
+
+/* SIGINT/SIGTERM cancel the running stream from a thread of their own. */
+static maas_stream *volatile running_stream;
+static pthread_mutex_t running_lock = PTHREAD_MUTEX_INITIALIZER;
+static volatile int interrupted;
+
+static void *signal_thread(void *arg)
+{
+    sigset_t *set = arg;
+    int sig;
+    for (;;) {
+        if (sigwait(set, &sig) != 0)
+            continue;
+        pthread_mutex_lock(&running_lock);
+        interrupted = 1;
+        if (!running_stream)
+            _exit(EXIT_INTERRUPTED); /* nothing to cancel cleanly: leave now */
+        maas_stream_cancel(running_stream);
+        pthread_mutex_unlock(&running_lock);
+    }
+    return NULL;
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+    const char *model = NULL, *prompt_arg = NULL;
+    double max_tokens = 0, temperature = 0.7, idle = -1, timeout = -1, connect = -1, retries = -1;
+    struct gen_state g = { 0, 0, 0 };
+    int details = 0, i, rc = EXIT_OK;
+    maas_client *c = NULL;
+    maas_model_list *list = NULL;
+    maas_stream *s = NULL;
+    maas_request req = MAAS_REQUEST_INIT;
+    char *prompt = NULL;
+    maas_status st;
+
+    for (i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int takes = !strcmp(a, "--model") || !strcmp(a, "--max-tokens") ||
+                    !strcmp(a, "--temperature") || !strcmp(a, "--idle-timeout") ||
+                    !strcmp(a, "--timeout") || !strcmp(a, "--connect-timeout") ||
+                    !strcmp(a, "--retries");
+        if (takes && !v) {
+            fprintf(stderr, "maas: usage: %s needs a value\n", a);
+            return EXIT_USAGE;
+        }
+        if (!strcmp(a, "--model")) {
+            model = v;
+        } else if (!strcmp(a, "--max-tokens")) {
+            if (parse_number(a, v, 1, 2047, &max_tokens) || max_tokens != floor(max_tokens))
+                return EXIT_USAGE;
+        } else if (!strcmp(a, "--temperature")) {
+            if (parse_number(a, v, 0, 1, &temperature))
+                return EXIT_USAGE;
+            if (temperature >= 1) {
+                fprintf(stderr, "maas: usage: --temperature must be below 1, got '%s'\n", v);
+                return EXIT_USAGE;
+            }
+        } else if (!strcmp(a, "--idle-timeout")) {
+            if (parse_number(a, v, 0, 86400, &idle))
+                return EXIT_USAGE;
+        } else if (!strcmp(a, "--timeout")) {
+            if (parse_number(a, v, 0, 86400 * 7, &timeout))
+                return EXIT_USAGE;
+        } else if (!strcmp(a, "--connect-timeout")) {
+            if (parse_number(a, v, 0.001, 3600, &connect))
+                return EXIT_USAGE;
+        } else if (!strcmp(a, "--retries")) {
+            if (parse_number(a, v, 0, 100, &retries) || retries != floor(retries))
+                return EXIT_USAGE;
+        } else if (!strcmp(a, "--json")) {
+            g.json = 1;
+            continue;
+        } else if (!strcmp(a, "--details")) {
+            details = 1;
+            continue;
+        } else if (a[0] == '-' && a[1] != '\0') {
+            fprintf(stderr, "maas: usage: unknown option '%s'\n", a);
+            return EXIT_USAGE;
+        } else if (prompt_arg) {
+            fprintf(stderr, "maas: usage: one PROMPT only (quote it)\n");
+            return EXIT_USAGE;
+        } else {
+            prompt_arg = a;
+            continue;
+        }
+        i++;
+    }
+    if (!prompt_arg) {
+        fprintf(stderr, "maas: usage: generate needs a PROMPT (or - for stdin)\n");
+        return EXIT_USAGE;
+    }
+    if (!strcmp(prompt_arg, "-")) {
+        prompt = read_stdin();
+        if (!prompt) {
+            fprintf(stderr, "maas: configuration error: could not read the prompt from stdin\n");
+            return EXIT_CONFIG;
+        }
+    } else if (!(prompt = strdup(prompt_arg))) {
+        return report(MAAS_ERR_NO_MEMORY, NULL);
+    }
+
+    st = make_client(&c, connect > 0 ? (long)(connect * 1000) : 0,
+                     idle < 0 ? 0 : idle == 0 ? -1 : (long)(idle * 1000),
+                     timeout <= 0 ? 0 : (long)(timeout * 1000),
+                     retries < 0 ? 0 : retries == 0 ? MAAS_RETRIES_OFF : (int)retries);
+    if (st != MAAS_OK) {
+        rc = fail_last(st);
+        goto out;
+    }
+    req.prompt = prompt;
+    req.max_new_tokens = (int)max_tokens;
+    req.temperature = temperature;
+    if (model) {
+        req.model = model;
+    } else {
+        /* Without --model: the first model the service lists. */
+        st = maas_models_list(&list, c);
+        if (st != MAAS_OK) {
+            rc = fail_last(st);
+            goto out;
+        }
+        req.model_info = maas_model_list_get(list, 0);
+        if (!req.model_info) {
+            fprintf(stderr, "maas: unknown model: the service lists no models\n");
+            rc = EXIT_REQUEST;
+            goto out;
+        }
+    }
+    st = maas_stream_open(&s, c, &req);
+    if (st != MAAS_OK) {
+        rc = fail_last(st);
+        goto out;
+    }
+    pthread_mutex_lock(&running_lock);
+    running_stream = s;
+    if (interrupted)
+        maas_stream_cancel(s);
+    pthread_mutex_unlock(&running_lock);
+
+    st = maas_stream_run(s, on_token, NULL, &g);
+
+    pthread_mutex_lock(&running_lock);
+    running_stream = NULL;
+    pthread_mutex_unlock(&running_lock);
+
+    if (g.wrote_text && !g.write_failed)
+        fputc('\n', stdout);
+    fflush(stdout);
+    if (st == MAAS_OK) {
+        const maas_details *d = maas_stream_details(s);
+        if (g.json && d)
+            print_details(stdout, d, 1);
+        if (details && d)
+            print_details(stderr, d, 0);
+    } else if (g.write_failed) {
+        fprintf(stderr, "maas: output error: %s\n", strerror(errno));
+        rc = EXIT_INTERNAL;
+    } else {
+        const maas_error *e = maas_stream_error(s);
+        if (g.json && e) {
+            printf("{\"type\":\"error\",\"status\":\"%s\",\"http_status\":%d,\"grpc_code\":%d,"
+                   "\"message\":",
+                   maas_status_name(st), e->http_status, e->grpc_code);
+            json_string(stdout, e->message, strlen(e->message));
+            fputs(",\"request_id\":", stdout);
+            json_string(stdout, e->request_id, strlen(e->request_id));
+            fputs("}\n", stdout);
+            fflush(stdout);
+        }
+        if (st == MAAS_ERR_CANCELLED && interrupted) {
+            fputs("maas: cancelled: interrupted\n", stderr);
+            rc = EXIT_INTERRUPTED;
+        } else {
+            rc = report(st, e ? e : maas_last_error());
+        }
+    }
+out:
+    maas_stream_free(s);
+    maas_model_list_free(list);
+    maas_client_free(c);
+    free(prompt);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static sigset_t set;
+    pthread_t tid;
+
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("maas %s (libmaas %s)\n", MAAS_VERSION_STRING, maas_version());
+        return EXIT_OK;
+    }
+    /* Signals are taken by one thread, so a cancel never runs inside a handler. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (pthread_create(&tid, NULL, signal_thread, &set) == 0)
+        pthread_detach(tid);
+
+    if (!strcmp(argv[1], "models"))
+        return cmd_models(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "generate"))
+        return cmd_generate(argc - 2, argv + 2);
+    fprintf(stderr, "maas: usage: unknown command '%s' (try maas --help)\n", argv[1]);
+    return EXIT_USAGE;
+}
