@@ -496,9 +496,12 @@ maas_status maas_http_status_error(long http_status, const char *body, size_t le
     else
         st = MAAS_ERR_HTTP;
 
+    /* OAuth2 answers carry a code and maybe a description: keep both. */
+    if (eb.oauth_error[0] && eb.message[0] && strcmp(eb.oauth_error, eb.message))
+        return maas_error_set(err, st, "%s: %s", eb.oauth_error, eb.message);
     if (eb.message[0])
         return maas_error_set(err, st, "%s", eb.message);
-    if (token_endpoint && eb.oauth_error[0])
+    if (eb.oauth_error[0])
         return maas_error_set(err, st, "%s", eb.oauth_error);
     return maas_error_set(err, st, "HTTP %ld from the %s", http_status,
                           token_endpoint ? "token endpoint" : "server");

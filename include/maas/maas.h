@@ -182,8 +182,13 @@ typedef struct maas_client_options {
     int insecure_skip_tls_verify;  /**< nonzero disables TLS verification. Insecure: tests only */
 } maas_client_options;
 
-/** Static initialiser: C and C++ (every other field zero). */
-#define MAAS_CLIENT_OPTIONS_INIT { MAAS_CLIENT_OPTIONS_VERSION }
+/**
+ * Static initialiser, C and C++: the version and every other field zero.
+ * Spelled out so that -Wmissing-field-initializers stays quiet.
+ */
+#define MAAS_CLIENT_OPTIONS_INIT                                               \
+    { MAAS_CLIENT_OPTIONS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL,  \
+      0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0 }
 
 /**
  * Zero `opts` and set its version. Returns MAAS_ERR_OPTIONS_VERSION for a
@@ -278,7 +283,8 @@ typedef struct maas_request {
                                         (forward compatibility); the two fields above win */
 } maas_request;
 
-#define MAAS_REQUEST_INIT { MAAS_REQUEST_VERSION }
+/** Static initialiser: the version and every other field zero. */
+#define MAAS_REQUEST_INIT { MAAS_REQUEST_VERSION, NULL, NULL, NULL, 0, 0.0, NULL }
 
 /** Why a generation stopped. Unknown names map to MAAS_FINISH_UNKNOWN. */
 typedef enum maas_finish_reason {

@@ -84,7 +84,7 @@ static void test_token_endpoint(void **state)
     assert_int_equal(map(400, "{\"error\":\"unsupported_grant_type\",\"error_description\":\"no\"}",
                          1, &e),
                      MAAS_ERR_AUTH);
-    assert_string_equal(e.message, "no");
+    assert_string_equal(e.message, "unsupported_grant_type: no");
     assert_int_equal(map(503, "", 1, &e), MAAS_ERR_UNAVAILABLE);
     assert_non_null(strstr(e.message, "token endpoint"));
 }
