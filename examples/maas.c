@@ -39,13 +39,15 @@ static void usage(FILE *f)
           "       maas generate [--model NAME] [--max-tokens N] [--temperature T]\n"
           "                     [--idle-timeout SECONDS] [--timeout SECONDS]\n"
           "                     [--connect-timeout SECONDS] [--retries N]\n"
-          "                     [--json] [--details] PROMPT|-\n"
+          "                     [--json] [--details] [--] PROMPT|-\n"
           "       maas --help | --version\n"
           "\n"
           "Commands:\n"
-          "  models     list the models (--json: the service's JSON)\n"
+          "  models     list the models, one per line: model name, product name, product id\n"
+          "             (--json: {\"models\": [...]} with the service's field names)\n"
           "  generate   stream a generation; the text of non-special tokens goes to stdout\n"
-          "             as it arrives. PROMPT '-' reads the prompt from stdin.\n"
+          "             as it arrives. PROMPT '-' reads the prompt from stdin; after '--'\n"
+          "             a prompt may start with '-'.\n"
           "\n"
           "Options of generate:\n"
           "  --model NAME          model name or product name (default: the first listed model)\n"
@@ -177,11 +179,17 @@ static int parse_number(const char *opt, const char *v, double lo, double hi, do
     return 0;
 }
 
+/* Seconds to milliseconds, rounding up: 0.0004 s is 1 ms, not "0: the default". */
+static long to_ms(double seconds)
+{
+    return (long)ceil(seconds * 1000.0);
+}
+
 static maas_status make_client(maas_client **out, long connect_ms, long idle_ms, long deadline_ms,
                                int retries)
 {
     maas_client_options o;
-    maas_status st = maas_client_options_from_env(&o);
+    maas_status st = maas_client_options_from_env(&o, MAAS_CLIENT_OPTIONS_VERSION);
     if (st != MAAS_OK)
         return st;
     o.connect_timeout_ms = connect_ms;
@@ -363,6 +371,10 @@ static int cmd_generate(int argc, char **argv)
     for (i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--") && !prompt_arg && i + 2 == argc) {
+            prompt_arg = argv[++i];
+            continue;
+        }
         int takes = !strcmp(a, "--model") || !strcmp(a, "--max-tokens") ||
                     !strcmp(a, "--temperature") || !strcmp(a, "--idle-timeout") ||
                     !strcmp(a, "--timeout") || !strcmp(a, "--connect-timeout") ||
@@ -427,9 +439,9 @@ static int cmd_generate(int argc, char **argv)
         return report(MAAS_ERR_NO_MEMORY, NULL);
     }
 
-    st = make_client(&c, connect > 0 ? (long)(connect * 1000) : 0,
-                     idle < 0 ? 0 : idle == 0 ? -1 : (long)(idle * 1000),
-                     timeout <= 0 ? 0 : (long)(timeout * 1000),
+    st = make_client(&c, connect > 0 ? to_ms(connect) : 0,
+                     idle < 0 ? 0 : idle == 0 ? -1 : to_ms(idle),
+                     timeout <= 0 ? 0 : to_ms(timeout),
                      retries < 0 ? 0 : retries == 0 ? MAAS_RETRIES_OFF : (int)retries);
     if (st != MAAS_OK) {
         rc = fail_last(st);
@@ -516,7 +528,7 @@ int main(int argc, char **argv)
     pthread_t tid;
 
     if (argc < 2) {
-        usage(stderr);
+        fputs("maas: usage: a command is needed: models or generate (try maas --help)\n", stderr);
         return EXIT_USAGE;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {

@@ -228,8 +228,7 @@ static maas_status fetch_token(maas_client *c, char **header, int64_t *lifetime_
     f.post_len = sizeof form - 1;
     f.headers = h;
     f.max_body = TOKEN_BODY_MAX;
-    f.token_endpoint = 1;
-    maas_count(c, MAAS_COUNTER_TOKEN_REQUESTS, 1);
+    f.endpoint = MAAS_EP_TOKEN;
     st = maas_http_call(c, &f, 0, &r, err);
     maas_http_headers_free(h);
     if (st != MAAS_OK) {
@@ -263,7 +262,7 @@ maas_status maas_auth_acquire(maas_client *c, maas_auth_ticket *out, maas_error_
     out->generation = 0;
     pthread_mutex_lock(&a->lock);
     for (;;) {
-        int64_t now = a->now(a->now_payload), lifetime = 0, t0;
+        int64_t now = a->now(a->now_payload), lifetime = 0, t0, skew;
         char *header = NULL;
 
         if (a->header && (a->is_static || now < a->refresh_at)) {
@@ -298,16 +297,20 @@ maas_status maas_auth_acquire(maas_client *c, maas_auth_ticket *out, maas_error_
 
         t0 = a->now(a->now_payload);
         st = fetch_token(c, &header, &lifetime, err);
+        /* Refresh ahead of expiry: the configured skew (5 minutes), at most a
+         * quarter of the lifetime (a 2 s token is refreshed after 1.5 s). */
+        skew = c->token_refresh_skew_ms;
+        if (skew > lifetime / 4)
+            skew = lifetime / 4;
+        /* Logged outside the lock: a log callback may call back into the client. */
+        if (st == MAAS_OK)
+            MAAS_INFO(c, "token fetched: valid for %lld ms, refreshed after %lld ms",
+                      (long long)lifetime, (long long)(lifetime - skew));
 
         pthread_mutex_lock(&a->lock);
         a->fetching = 0;
         a->fetches_done++;
         if (st == MAAS_OK) {
-            /* Refresh ahead of expiry: 5 minutes before it, or a quarter of a
-             * short lifetime (a 2 s token is refreshed after 1.5 s). */
-            int64_t skew = c->token_refresh_skew_ms;
-            if (skew > lifetime / 4)
-                skew = lifetime / 4;
             maas_wipe_free(a->header);
             a->header = header;
             a->generation++;
@@ -315,8 +318,6 @@ maas_status maas_auth_acquire(maas_client *c, maas_auth_ticket *out, maas_error_
             a->refresh_at = t0 + lifetime - skew;
             a->expires_at = t0 + lifetime;
             maas_error_clear(&a->fetch_error);
-            MAAS_INFO(c, "token fetched: valid for %lld ms, refreshed after %lld ms",
-                      (long long)lifetime, (long long)(lifetime - skew));
         } else {
             maas_error_copy(&a->fetch_error, err);
         }

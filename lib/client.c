@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,16 +20,37 @@ void maas_free(void *ptr)
     free(ptr);
 }
 
+/*
+ * The size of the options struct as a caller built against `version` knows
+ * it: fields are only appended, so a newer library must never read or write
+ * past what an older caller allocated. 0 for unknown versions.
+ */
+static size_t options_size(unsigned int version)
+{
+    switch (version) {
+    case 1:
+        return offsetof(maas_client_options, insecure_skip_tls_verify) + sizeof(int);
+    default:
+        return 0;
+    }
+}
+
+static maas_status version_error(unsigned int version)
+{
+    return maas_fail(MAAS_ERR_OPTIONS_VERSION,
+                     "maas_client_options version %u is not supported (this is libmaas %s, "
+                     "which knows versions 1 to %d)",
+                     version, MAAS_VERSION_STRING, MAAS_CLIENT_OPTIONS_VERSION);
+}
+
 maas_status maas_client_options_init(maas_client_options *opts, unsigned int version)
 {
+    size_t n = options_size(version);
     if (!opts)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "opts is NULL");
-    if (version == 0 || version > MAAS_CLIENT_OPTIONS_VERSION)
-        return maas_fail(MAAS_ERR_OPTIONS_VERSION,
-                         "maas_client_options version %u is not supported (this is libmaas %s, "
-                         "which knows versions 1 to %d)",
-                         version, MAAS_VERSION_STRING, MAAS_CLIENT_OPTIONS_VERSION);
-    memset(opts, 0, sizeof *opts);
+    if (!n)
+        return version_error(version);
+    memset(opts, 0, n);
     opts->version = version;
     return MAAS_OK;
 }
@@ -39,9 +61,10 @@ static const char *env(const char *name)
     return v && *v ? v : NULL;
 }
 
-maas_status maas_client_options_from_env(maas_client_options *opts)
+maas_status maas_client_options_from_env(maas_client_options *opts, unsigned int version)
 {
-    maas_status st = maas_client_options_init(opts, MAAS_CLIENT_OPTIONS_VERSION);
+    /* Every field set below exists since version 1. */
+    maas_status st = maas_client_options_init(opts, version);
     if (st != MAAS_OK)
         return st;
     opts->client_id = env("MAAS_CLIENT_ID");
@@ -96,8 +119,10 @@ static void client_destroy(maas_client *c)
     if (!c)
         return;
     maas_model_list_free(c->catalogue);
-    maas_http_cleanup(&c->http);
-    maas_auth_cleanup(&c->auth);
+    if (c->http_ready)
+        maas_http_cleanup(&c->http);
+    if (c->auth_ready)
+        maas_auth_cleanup(&c->auth);
     pthread_mutex_destroy(&c->catalogue_lock);
     free(c->client_id);
     maas_wipe_free(c->client_secret);
@@ -109,9 +134,9 @@ static void client_destroy(maas_client *c)
     free(c);
 }
 
-maas_status maas_client_new(maas_client **out, const maas_client_options *opts)
+maas_status maas_client_new(maas_client **out, const maas_client_options *caller)
 {
-    maas_client_options envopts;
+    maas_client_options copy, *opts = &copy;
     maas_client *c;
     maas_error_rec err;
     maas_status st;
@@ -121,16 +146,17 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *opts)
     if (!out)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = NULL;
-    if (!opts) {
-        st = maas_client_options_from_env(&envopts);
+    if (!caller) {
+        st = maas_client_options_from_env(&copy, MAAS_CLIENT_OPTIONS_VERSION);
         if (st != MAAS_OK)
             return st;
-        opts = &envopts;
-    } else if (opts->version == 0 || opts->version > MAAS_CLIENT_OPTIONS_VERSION) {
-        return maas_fail(MAAS_ERR_OPTIONS_VERSION,
-                         "maas_client_options version %u is not supported (this is libmaas %s, "
-                         "which knows versions 1 to %d)",
-                         opts->version, MAAS_VERSION_STRING, MAAS_CLIENT_OPTIONS_VERSION);
+    } else {
+        /* Read only the fields the caller's version has; the rest stay zero (defaults). */
+        size_t known = options_size(caller->version);
+        if (!known)
+            return version_error(caller->version);
+        memset(&copy, 0, sizeof copy);
+        memcpy(&copy, caller, known);
     }
 
     maas_error_clear(&err);
@@ -140,8 +166,11 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *opts)
         (st = check_string("auth_url", opts->auth_url, &err)) ||
         (st = check_string("ca_bundle", opts->ca_bundle, &err)) ||
         (st = check_string("client_secret", opts->client_secret, &err)) ||
-        (st = check_string("token", opts->token, &err)))
+        (st = check_string("token", opts->token, &err)) ||
+        (st = check_string("user_agent_suffix", opts->user_agent_suffix, &err)))
         return maas_error_publish(&err);
+    if (opts->user_agent_suffix && strlen(opts->user_agent_suffix) > 64)
+        return maas_fail(MAAS_ERR_CONFIG, "user_agent_suffix is longer than 64 bytes");
     if (!opts->token && (!opts->client_id || !opts->client_secret))
         return maas_fail(MAAS_ERR_CONFIG,
                          "no credentials: set client_id and client_secret "
@@ -162,6 +191,10 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *opts)
     c = calloc(1, sizeof *c);
     if (!c)
         return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a client");
+    if (pthread_mutex_init(&c->catalogue_lock, NULL)) {
+        free(c);
+        return maas_fail(MAAS_ERR_INTERNAL, "pthread_mutex_init failed");
+    }
 
     c->client_id = dup_or_null(opts->client_id, &oom);
     c->client_secret = dup_or_null(opts->client_secret, &oom);
@@ -170,10 +203,6 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *opts)
                                                      : MAAS_DEFAULT_API_BASE_URL, &oom);
     c->auth_url = dup_or_null(opts->auth_url ? opts->auth_url : MAAS_DEFAULT_AUTH_URL, &oom);
     c->ca_bundle = dup_or_null(opts->ca_bundle, &oom);
-    if (pthread_mutex_init(&c->catalogue_lock, NULL)) {
-        free(c);
-        return maas_fail(MAAS_ERR_INTERNAL, "pthread_mutex_init failed");
-    }
     if (oom) {
         client_destroy(c);
         return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a client");
@@ -201,11 +230,13 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *opts)
     c->log_cb = opts->log_cb;
     c->log_payload = opts->log_payload;
 
-    st = maas_auth_init(&c->auth, opts->token);
+    st = maas_auth_init(&c->auth, opts->token); /* cleans up after itself on failure */
     if (st != MAAS_OK) {
         client_destroy(c);
         return maas_fail(st, "could not initialise the token cache");
     }
+    c->auth_ready = 1;
+    c->http_ready = 1; /* maas_http_init leaves a state maas_http_cleanup can undo */
     st = maas_http_init(c, &err);
     if (st != MAAS_OK) {
         client_destroy(c);

@@ -31,6 +31,7 @@ struct maas_client {
 
     maas_auth auth;
     maas_http http;
+    int auth_ready, http_ready; /* what client_destroy must undo */
 
     /* The catalogue, fetched once, to resolve a request's model name. */
     pthread_mutex_t catalogue_lock;

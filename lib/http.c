@@ -467,7 +467,7 @@ static int contains(const char *hay, const char *needle)
 }
 
 maas_status maas_http_status_error(long http_status, const char *body, size_t len,
-                                   int token_endpoint, maas_error_rec *err)
+                                   maas_endpoint ep, maas_error_rec *err)
 {
     maas_error_body eb;
     maas_status st;
@@ -476,17 +476,19 @@ maas_status maas_http_status_error(long http_status, const char *body, size_t le
     err->pub.grpc_code = eb.grpc_code;
     maas_error_set_request_id(err, eb.request_id);
 
-    if (token_endpoint && (http_status == 400 || http_status == 401 || http_status == 403))
+    if (ep == MAAS_EP_TOKEN && (http_status == 400 || http_status == 401 || http_status == 403))
         st = MAAS_ERR_AUTH;
     else if (http_status == 401)
         st = MAAS_ERR_UNAUTHENTICATED;
     else if (http_status == 403)
         st = MAAS_ERR_PERMISSION_DENIED;
     else if (http_status == 400)
-        st = contains(eb.message, "can't find requested product") ? MAAS_ERR_UNKNOWN_MODEL
-                                                                  : MAAS_ERR_INVALID_REQUEST;
+        st = ep == MAAS_EP_GENERATE && contains(eb.message, "can't find requested product")
+                 ? MAAS_ERR_UNKNOWN_MODEL
+                 : MAAS_ERR_INVALID_REQUEST;
     else if (http_status == 404)
-        st = eb.grpc_code == 5 ? MAAS_ERR_UNKNOWN_MODEL : MAAS_ERR_HTTP;
+        /* NotFound from generatestream is the model; anywhere else, a wrong URL. */
+        st = ep == MAAS_EP_GENERATE && eb.grpc_code == 5 ? MAAS_ERR_UNKNOWN_MODEL : MAAS_ERR_HTTP;
     else if (http_status == 429)
         st = MAAS_ERR_RATE_LIMITED;
     else if (http_status == 503)
@@ -504,26 +506,27 @@ maas_status maas_http_status_error(long http_status, const char *body, size_t le
     if (eb.oauth_error[0])
         return maas_error_set(err, st, "%s", eb.oauth_error);
     return maas_error_set(err, st, "HTTP %ld from the %s", http_status,
-                          token_endpoint ? "token endpoint" : "server");
+                          ep == MAAS_EP_TOKEN ? "token endpoint" : "server");
 }
 
 /* ---- retries ---------------------------------------------------------- */
 
-int maas_retry_worth(const maas_error_rec *err, int received)
+int maas_retry_worth(const maas_error_rec *err)
 {
     switch (err->pub.status) {
     case MAAS_ERR_CONNECT:
     case MAAS_ERR_CONNECT_TIMEOUT:
     case MAAS_ERR_RATE_LIMITED:
     case MAAS_ERR_UNAVAILABLE:
-        return 1;
     case MAAS_ERR_NETWORK:
     case MAAS_ERR_IDLE_TIMEOUT:
-        /* A connection that died or went quiet before answering. */
-        return !received;
+        return 1;
     case MAAS_ERR_SERVER:
         return err->pub.http_status == 500 || err->pub.http_status == 502 ||
                err->pub.http_status == 504;
+    case MAAS_ERR_STREAM:
+        /* RESOURCE_EXHAUSTED and UNAVAILABLE in a 200 stream, as 429 and 503 are. */
+        return err->pub.grpc_code == 8 || err->pub.grpc_code == 14;
     default:
         return 0;
     }
@@ -619,6 +622,7 @@ maas_status maas_http_fetch(maas_client *c, const maas_fetch *f, maas_response *
     st = maas_xfer_init(&x, c, NULL, err);
     if (st != MAAS_OK)
         return st;
+    x.deadline_at = f->deadline_at;
     memset(&sink, 0, sizeof sink);
     sink.x = &x;
     sink.r = out;
@@ -671,12 +675,15 @@ maas_status maas_http_call(maas_client *c, const maas_fetch *f, int with_auth,
     unsigned attempts = 0, retries = 0;
     int replayed = 0;
     maas_status st;
+    maas_fetch one = *f;
 
+    one.deadline_at = c->deadline_ms > 0 ? maas_now_ms() + c->deadline_ms : 0;
     for (;;) {
         maas_auth_ticket ticket = { NULL, 0 };
-        struct curl_slist *headers = f->headers, *auth = NULL;
-        maas_fetch one = *f;
+        struct curl_slist *auth = NULL;
+        int64_t delay;
 
+        one.headers = f->headers;
         if (with_auth) {
             st = maas_auth_acquire(c, &ticket, err);
             if (st != MAAS_OK)
@@ -687,23 +694,23 @@ maas_status maas_http_call(maas_client *c, const maas_fetch *f, int with_auth,
                 maas_auth_release(&ticket);
                 return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory");
             }
-            auth->next = headers;
+            auth->next = f->headers;
             one.headers = auth;
         }
         attempts++;
-        if (!f->token_endpoint)
-            maas_count(c, MAAS_COUNTER_API_REQUESTS, 1);
+        maas_count(c, f->endpoint == MAAS_EP_TOKEN ? MAAS_COUNTER_TOKEN_REQUESTS
+                                                   : MAAS_COUNTER_API_REQUESTS, 1);
         MAAS_DEBUG(c, "%s %s (attempt %u)", f->post_body ? "POST" : "GET", f->url, attempts);
         st = maas_http_fetch(c, &one, out, err);
         if (auth) {
             auth->next = NULL;
             maas_http_headers_free(auth);
         }
-        err->pub.attempts = attempts;
         if (st == MAAS_OK) {
             MAAS_DEBUG(c, "HTTP %ld, %zu bytes", out->status, out->len);
             if (out->status >= 200 && out->status < 300) {
                 maas_auth_release(&ticket);
+                err->pub.attempts = attempts;
                 return MAAS_OK;
             }
             if (with_auth && out->status == 401 && !replayed &&
@@ -716,23 +723,24 @@ maas_status maas_http_call(maas_client *c, const maas_fetch *f, int with_auth,
                 maas_response_free(out);
                 continue;
             }
-            st = maas_http_status_error(out->status, out->body, out->len, f->token_endpoint, err);
+            st = maas_http_status_error(out->status, out->body, out->len, f->endpoint, err);
             err->pub.retry_after = out->meta.retry_after;
             maas_response_free(out);
         }
         maas_auth_release(&ticket);
+        err->pub.attempts = attempts;
         /* These calls are idempotent: a cut answer may be asked for again. */
-        if (maas_retry_worth(err, 0)) {
-            int64_t delay = maas_retry_delay_ms(c, ++retries, err);
-            if (delay >= 0) {
-                MAAS_INFO(c, "%s (%s); retry %u in %lld ms", maas_strerror(st), err->message,
-                          retries, (long long)delay);
-                maas_count(c, MAAS_COUNTER_RETRIES, 1);
-                maas_sleep_ms(delay);
-                maas_error_clear(err);
-                continue;
-            }
-        }
-        return st;
+        if (!maas_retry_worth(err))
+            return st;
+        delay = maas_retry_delay_ms(c, retries + 1, err);
+        /* A wait that would outlast the deadline is no retry at all. */
+        if (delay < 0 || (one.deadline_at && maas_now_ms() + delay >= one.deadline_at))
+            return st;
+        retries++;
+        MAAS_INFO(c, "%s (%s); retry %u in %lld ms", maas_strerror(st), err->message, retries,
+                  (long long)delay);
+        maas_count(c, MAAS_COUNTER_RETRIES, 1);
+        maas_sleep_ms(delay);
+        maas_error_clear(err);
     }
 }

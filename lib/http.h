@@ -105,19 +105,25 @@ void maas_xfer_wakeup(maas_xfer *x);
 /* Map a finished transfer's CURLcode (not CURLE_OK) onto a status in err. */
 maas_status maas_http_curl_error(const maas_xfer *x, CURLcode rc, maas_error_rec *err);
 
+/* Which endpoint answered: the same HTTP status means different things. */
+typedef enum maas_endpoint {
+    MAAS_EP_TOKEN,    /* 400/401/403 are refused credentials */
+    MAAS_EP_MODELS,
+    MAAS_EP_GENERATE  /* 404 NotFound and "can't find requested product" name the model */
+} maas_endpoint;
+
 /*
  * Map a non-2xx HTTP response onto a status in err, taking the server's
  * message, gRPC code and request id from the body (any of its shapes).
- * `token_endpoint` turns 400/401 into MAAS_ERR_AUTH.
  */
 maas_status maas_http_status_error(long http_status, const char *body, size_t len,
-                                   int token_endpoint, maas_error_rec *err);
+                                   maas_endpoint ep, maas_error_rec *err);
 
 /* Seconds from a Retry-After value (delta-seconds or an HTTP date); -1 if unusable. */
 double maas_http_parse_retry_after(const char *value, time_t now);
 
-/* Is a failure worth another attempt? `received`: response bytes had arrived. */
-int maas_retry_worth(const maas_error_rec *err, int received);
+/* Is a failure worth another attempt (nothing having reached the caller)? */
+int maas_retry_worth(const maas_error_rec *err);
 /* Delay before retry number `retry` (1-based), honouring Retry-After; -1: no more retries. */
 int64_t maas_retry_delay_ms(const struct maas_client *c, unsigned retry, const maas_error_rec *err);
 
@@ -128,7 +134,8 @@ typedef struct maas_fetch {
     size_t post_len;
     struct curl_slist *headers;
     size_t max_body;          /* larger answers fail with MAAS_ERR_PROTOCOL */
-    int token_endpoint;
+    maas_endpoint endpoint;
+    int64_t deadline_at;      /* monotonic ms for the whole call, 0: none (set by maas_http_call) */
 } maas_fetch;
 
 typedef struct maas_response {
@@ -143,7 +150,8 @@ maas_status maas_http_fetch(struct maas_client *c, const maas_fetch *f, maas_res
                             maas_error_rec *err);
 
 /*
- * A whole call: attempts with retries and backoff, and (with_auth) the
+ * A whole call: attempts with retries and backoff under one deadline (the
+ * client's, from the start of the call), and (with_auth) the
  * client's token in an Authorization header, replayed once with a new token
  * after a 401. MAAS_OK only for a 2xx answer, whose body is in out.
  * f->headers are the call's own headers (the token is added per attempt).

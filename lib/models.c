@@ -150,6 +150,7 @@ maas_status maas_models_fetch(maas_model_list **out, maas_client *c, maas_error_
     f.url = url;
     f.headers = h;
     f.max_body = MODELS_BODY_MAX;
+    f.endpoint = MAAS_EP_MODELS;
     st = maas_http_call(c, &f, 1, &r, err);
     if (st == MAAS_OK) {
         st = maas_models_parse(out, r.body, r.len, err);

@@ -60,6 +60,7 @@ struct maas_stream {
     maas_token token;
 
     maas_details details;
+    char *final_text;            /* the final message's token text, kept past the decoder */
     char *finish_name;
     char *generated_text;
     char request_id[MAAS_REQUEST_ID_MAX];
@@ -150,10 +151,12 @@ static const maas_model *resolve_model(maas_client *c, const maas_request *r, ma
     if (!cat)
         return NULL;
     m = maas_model_list_find(cat, r->model);
-    if (!m)
+    if (!m) {
+        maas_error_clear(err); /* the catalogue's own 200 is not this failure's status */
         maas_error_set(err, MAAS_ERR_UNKNOWN_MODEL,
                        "model \"%s\" is not in the catalogue (neither a model nor a product name)",
                        r->model);
+    }
     return m;
 }
 
@@ -271,6 +274,8 @@ static maas_status fail(maas_stream *s, maas_status st)
     drop_attempt(s);
     s->state = S_FAILED;
     s->err.pub.status = st;
+    if (s->sent && !s->err.pub.http_status)
+        s->err.pub.http_status = (int)s->http_status;
     s->err.pub.attempts = s->attempts;
     if (!s->err.request_id[0])
         maas_error_set_request_id(&s->err, s->request_id);
@@ -286,6 +291,9 @@ static maas_status start_attempt(maas_stream *s)
 
     drop_attempt(s);
     s->sent = 0;
+    s->http_status = 0;
+    /* The record holds this attempt's failure only, not an earlier call's 200. */
+    maas_error_clear(&s->err);
     if (!s->ticket.header) {
         st = maas_auth_acquire(s->c, &s->ticket, &s->err);
         if (st != MAAS_OK)
@@ -356,7 +364,7 @@ static maas_status after_failed_attempt(maas_stream *s, maas_status st)
         return start_attempt(s);
     }
     /* Nothing was delivered, so a stream cut before its first token is retried too. */
-    if (st != MAAS_ERR_TRUNCATED && !maas_retry_worth(&s->err, 0))
+    if (st != MAAS_ERR_TRUNCATED && !maas_retry_worth(&s->err))
         return st;
     delay = maas_retry_delay_ms(s->c, s->retries + 1, &s->err);
     if (delay < 0)
@@ -378,6 +386,8 @@ static maas_status after_failed_attempt(maas_stream *s, maas_status st)
 static maas_status transfer_ended(maas_stream *s, maas_msg *msg)
 {
     maas_status st;
+    if (!s->http_status) /* an empty body never reached on_write */
+        curl_easy_getinfo(s->x.easy, CURLINFO_RESPONSE_CODE, &s->http_status);
     if (s->write_status != MAAS_OK) {
         if (s->write_status == MAAS_ERR_NO_MEMORY)
             return maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory reading the stream");
@@ -397,7 +407,8 @@ static maas_status transfer_ended(maas_stream *s, maas_msg *msg)
     }
     if (s->http_status != 200) {
         s->err.pub.retry_after = s->meta.retry_after;
-        st = maas_http_status_error(s->http_status, s->error_body, s->error_len, 0, &s->err);
+        st = maas_http_status_error(s->http_status, s->error_body, s->error_len, MAAS_EP_GENERATE,
+                                    &s->err);
         return st;
     }
     st = maas_ndjson_finish(&s->dec, msg);
@@ -469,11 +480,18 @@ static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **
         return MAAS_OK;
     case MAAS_MSG_FINAL:
         st = keep_details(s, m);
+        if (st == MAAS_OK && m->has_token) {
+            /* drain() feeds the decoder again, which may release this message. */
+            s->final_text = dup_len(m->token.text, m->token.text_len);
+            if (!s->final_text)
+                st = maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory");
+        }
         if (st != MAAS_OK)
             return fail(s, st);
         drain(s);
         if (m->has_token) {
             s->token = m->token;
+            s->token.text = s->final_text;
             s->token.index = s->tokens++;
             *out = &s->token;
             s->state = S_FINAL_PENDING;
@@ -481,19 +499,23 @@ static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **
         }
         s->state = S_DONE;
         return MAAS_DONE;
-    case MAAS_MSG_ERROR:
-        s->err.pub.grpc_code = m->grpc_code;
-        s->err.pub.http_status = (int)s->http_status;
-        maas_error_set_request_id(&s->err, m->request_id);
-        maas_error_set(&s->err, MAAS_ERR_STREAM, "%s",
-                       m->error_message && m->error_message[0] ? m->error_message
-                                                               : "the server reported an error");
-        return fail(s, MAAS_ERR_STREAM);
+    case MAAS_MSG_ERROR: /* handled by the caller */
     case MAAS_MSG_NONE:
         break;
     }
     maas_error_set(&s->err, MAAS_ERR_INTERNAL, "the decoder produced no message");
     return fail(s, MAAS_ERR_INTERNAL);
+}
+
+/* An {"error": ...} line: the attempt's failure, with the server's code and words. */
+static void stream_error(maas_stream *s, const maas_msg *m)
+{
+    s->err.pub.grpc_code = m->grpc_code;
+    s->err.pub.http_status = (int)s->http_status;
+    maas_error_set_request_id(&s->err, m->request_id);
+    maas_error_set(&s->err, MAAS_ERR_STREAM, "%s",
+                   m->error_message && m->error_message[0] ? m->error_message
+                                                           : "the server reported an error");
 }
 
 /* ---- public ------------------------------------------------------------------ */
@@ -569,6 +591,11 @@ maas_status maas_stream_next(maas_stream *s, const maas_token **out)
     *out = NULL;
     if (!s)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "stream is NULL");
+    if (s->state != S_DONE && s->state != S_FAILED && atomic_load(&s->cancel)) {
+        /* Tokens already buffered are not handed out after a cancel. */
+        maas_error_set(&s->err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+        return fail(s, MAAS_ERR_CANCELLED);
+    }
     switch (s->state) {
     case S_DONE:
         return MAAS_DONE;
@@ -578,10 +605,6 @@ maas_status maas_stream_next(maas_stream *s, const maas_token **out)
         s->state = S_DONE;
         return MAAS_DONE;
     case S_NEW:
-        if (atomic_load(&s->cancel)) {
-            maas_error_set(&s->err, MAAS_ERR_CANCELLED, "the stream was cancelled");
-            return fail(s, MAAS_ERR_CANCELLED);
-        }
         st = start_attempt(s);
         if (st != MAAS_OK && (st = after_failed_attempt(s, st)) != MAAS_OK)
             return fail(s, st);
@@ -594,6 +617,15 @@ maas_status maas_stream_next(maas_stream *s, const maas_token **out)
 
     for (;;) {
         st = maas_ndjson_next(&s->dec, &msg);
+        if (st == MAAS_OK && msg.type == MAAS_MSG_ERROR) {
+            /* Before the first token, an UNAVAILABLE or RESOURCE_EXHAUSTED
+             * line is a busy server like a 503 or 429: worth a retry. */
+            stream_error(s, &msg);
+            st = after_failed_attempt(s, MAAS_ERR_STREAM);
+            if (st != MAAS_OK)
+                return fail(s, st);
+            continue;
+        }
         if (st == MAAS_OK)
             return take_message(s, &msg, out);
         if (st != MAAS_DONE) {
@@ -602,8 +634,12 @@ maas_status maas_stream_next(maas_stream *s, const maas_token **out)
         }
         if (s->x.done) {
             st = transfer_ended(s, &msg);
-            if (st == MAAS_OK)
+            if (st == MAAS_OK && msg.type == MAAS_MSG_ERROR) {
+                stream_error(s, &msg);
+                st = MAAS_ERR_STREAM;
+            } else if (st == MAAS_OK) {
                 return take_message(s, &msg, out);
+            }
             st = after_failed_attempt(s, st);
             if (st != MAAS_OK)
                 return fail(s, st);
@@ -679,6 +715,7 @@ void maas_stream_free(maas_stream *s)
         free(s->body);
     }
     free(s->error_body);
+    free(s->final_text);
     free(s->finish_name);
     free(s->generated_text);
     free(s);

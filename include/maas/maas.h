@@ -75,8 +75,8 @@ typedef enum maas_status {
     MAAS_ERR_PERMISSION_DENIED = 14, /**< HTTP 403 (e.g. cloud account not the caller's) */
     MAAS_ERR_INVALID_REQUEST = 15, /**< the server rejected the request (HTTP 400 validation) */
     MAAS_ERR_UNKNOWN_MODEL = 16,   /**< the model or product is not in the catalogue */
-    MAAS_ERR_RATE_LIMITED = 17,    /**< HTTP 429 / RESOURCE_EXHAUSTED */
-    MAAS_ERR_UNAVAILABLE = 18,     /**< HTTP 503 / UNAVAILABLE (capacity) */
+    MAAS_ERR_RATE_LIMITED = 17,    /**< HTTP 429 (RESOURCE_EXHAUSTED) */
+    MAAS_ERR_UNAVAILABLE = 18,     /**< HTTP 503 (UNAVAILABLE: no capacity) */
     MAAS_ERR_SERVER = 19,          /**< another HTTP 5xx from the server */
     MAAS_ERR_HTTP = 20,            /**< another unexpected HTTP status (e.g. 415) */
     MAAS_ERR_STREAM = 21,          /**< the server sent an {"error": ...} line inside a 200 stream */
@@ -103,7 +103,8 @@ typedef struct maas_error {
     int grpc_code;          /**< gRPC code from the server's error body, -1 if none */
     const char *message;    /**< server message or library description; never NULL, "" if none */
     const char *request_id; /**< server request id (UUID), "" if unknown */
-    unsigned int attempts;  /**< HTTP attempts made for the failing call (retries + 1) */
+    unsigned int attempts;  /**< HTTP attempts made for the failing call (retries and a
+                                 401 replay included) */
     double retry_after;     /**< seconds from a Retry-After header, -1 if none */
 } maas_error;
 
@@ -172,13 +173,13 @@ typedef struct maas_client_options {
     long retry_base_ms;          /**< first backoff; 0: 500 */
     long retry_max_ms;           /**< backoff cap; 0: 8000 */
     long retry_after_max_ms;     /**< cap on a server's Retry-After; 0: 30000 */
-    long token_refresh_skew_ms;  /**< refresh this long before expiry; 0: 5 min, capped at
-                                      a quarter of short lifetimes */
+    long token_refresh_skew_ms;  /**< refresh this long before expiry (0: 5 min); never more
+                                      than a quarter of the token's lifetime */
     size_t max_line_bytes;       /**< cap on one streamed line; 0: MAAS_DEFAULT_MAX_LINE_BYTES */
     maas_log_level log_level;    /**< 0: off (MAAS_LOG from the environment still applies) */
     maas_log_cb log_cb;          /**< NULL: log to stderr */
     void *log_payload;           /**< passed to log_cb */
-    const char *user_agent_suffix; /**< appended to "libmaas/<version>" */
+    const char *user_agent_suffix; /**< appended to the User-Agent; at most 64 printable bytes */
     int insecure_skip_tls_verify;  /**< nonzero disables TLS verification. Insecure: tests only */
 } maas_client_options;
 
@@ -206,10 +207,12 @@ MAAS_EXPORT maas_status maas_client_options_init(maas_client_options *opts, unsi
 MAAS_EXPORT maas_status maas_client_new(maas_client **out, const maas_client_options *opts);
 
 /**
- * Fill `opts` from the environment: the same variables maas_client_new(..,
- * NULL) reads. Strings point into the environment; use them before it changes.
+ * Initialise `opts` for `version` (as maas_client_options_init() does) and
+ * fill it from the environment: the variables maas_client_new(.., NULL)
+ * reads. Strings point into the environment; use them before it changes.
  */
-MAAS_EXPORT maas_status maas_client_options_from_env(maas_client_options *opts);
+MAAS_EXPORT maas_status maas_client_options_from_env(maas_client_options *opts,
+                                                     unsigned int version);
 
 /** Free a client, closing its connections and wiping its secrets. NULL is a no-op. */
 MAAS_EXPORT void maas_client_free(maas_client *client);

@@ -11,10 +11,10 @@
 #include "client.h"
 #include "http.h"
 
-static maas_status map(long http, const char *body, int token_endpoint, maas_error_rec *e)
+static maas_status map(long http, const char *body, maas_endpoint ep, maas_error_rec *e)
 {
     maas_error_clear(e);
-    return maas_http_status_error(http, body, body ? strlen(body) : 0, token_endpoint, e);
+    return maas_http_status_error(http, body, body ? strlen(body) : 0, ep, e);
 }
 
 static void test_wrapped_error_body(void **state)
@@ -23,7 +23,7 @@ static void test_wrapped_error_body(void **state)
     (void)state;
     assert_int_equal(map(400, "{\"error\":{\"code\":3,\"message\":\"invalid GenerateRequestParams."
                               "MaxNewTokens: value must be inside range [1, 2048)\",\"details\":[]}}",
-                         0, &e),
+                         MAAS_EP_GENERATE, &e),
                      MAAS_ERR_INVALID_REQUEST);
     assert_int_equal(e.pub.http_status, 400);
     assert_int_equal(e.pub.grpc_code, 3);
@@ -37,7 +37,7 @@ static void test_bare_status_body(void **state)
     assert_int_equal(map(503, "{\"code\":14,\"message\":\"sorry, we are at maximum capacity. Please "
                               "come back later\",\"details\":[{\"@type\":\"type.googleapis.com/"
                               "google.protobuf.StringValue\",\"value\":\"abc-123\"}]}",
-                         0, &e),
+                         MAAS_EP_GENERATE, &e),
                      MAAS_ERR_UNAVAILABLE);
     assert_int_equal(e.pub.grpc_code, 14);
     assert_string_equal(e.request_id, "abc-123");
@@ -49,43 +49,51 @@ static void test_unknown_product(void **state)
     (void)state;
     assert_int_equal(map(400, "{\"error\":{\"code\":3,\"message\":\"validation error: can't find "
                               "requested product\",\"details\":[]}}",
-                         0, &e),
+                         MAAS_EP_GENERATE, &e),
                      MAAS_ERR_UNKNOWN_MODEL);
     assert_int_equal(map(404, "{\"error\":{\"code\":5,\"message\":\"the requested model is not "
                               "supported\"}}",
-                         0, &e),
+                         MAAS_EP_GENERATE, &e),
                      MAAS_ERR_UNKNOWN_MODEL);
-    /* A 404 without a gRPC NotFound is a wrong URL, not a wrong model. */
-    assert_int_equal(map(404, "not found", 0, &e), MAAS_ERR_HTTP);
+    /* A 404 without a gRPC NotFound is a wrong URL, not a wrong model; so is
+     * any 404 from the catalogue or the token endpoint. */
+    assert_int_equal(map(404, "not found", MAAS_EP_GENERATE, &e), MAAS_ERR_HTTP);
+    assert_int_equal(map(404, "{\"code\":5,\"message\":\"Not Found\"}", MAAS_EP_MODELS, &e),
+                     MAAS_ERR_HTTP);
+    assert_int_equal(map(404, "{\"code\":5,\"message\":\"Not Found\"}", MAAS_EP_TOKEN, &e),
+                     MAAS_ERR_HTTP);
+    assert_int_equal(map(400, "{\"code\":3,\"message\":\"can't find requested product\"}",
+                         MAAS_EP_MODELS, &e),
+                     MAAS_ERR_INVALID_REQUEST);
 }
 
 static void test_status_classes(void **state)
 {
     maas_error_rec e;
     (void)state;
-    assert_int_equal(map(401, "{\"code\":16,\"message\":\"x\"}", 0, &e), MAAS_ERR_UNAUTHENTICATED);
-    assert_int_equal(map(403, "", 0, &e), MAAS_ERR_PERMISSION_DENIED);
-    assert_int_equal(map(429, "", 0, &e), MAAS_ERR_RATE_LIMITED);
-    assert_int_equal(map(500, "", 0, &e), MAAS_ERR_SERVER);
+    assert_int_equal(map(401, "{\"code\":16,\"message\":\"x\"}", MAAS_EP_GENERATE, &e), MAAS_ERR_UNAUTHENTICATED);
+    assert_int_equal(map(403, "", MAAS_EP_GENERATE, &e), MAAS_ERR_PERMISSION_DENIED);
+    assert_int_equal(map(429, "", MAAS_EP_GENERATE, &e), MAAS_ERR_RATE_LIMITED);
+    assert_int_equal(map(500, "", MAAS_EP_GENERATE, &e), MAAS_ERR_SERVER);
     assert_string_equal(e.message, "HTTP 500 from the server");
-    assert_int_equal(map(502, NULL, 0, &e), MAAS_ERR_SERVER);
-    assert_int_equal(map(504, "", 0, &e), MAAS_ERR_SERVER);
-    assert_int_equal(map(415, "Invalid Content-type", 0, &e), MAAS_ERR_HTTP);
+    assert_int_equal(map(502, NULL, MAAS_EP_GENERATE, &e), MAAS_ERR_SERVER);
+    assert_int_equal(map(504, "", MAAS_EP_GENERATE, &e), MAAS_ERR_SERVER);
+    assert_int_equal(map(415, "Invalid Content-type", MAAS_EP_GENERATE, &e), MAAS_ERR_HTTP);
     assert_string_equal(e.message, "Invalid Content-type");
-    assert_int_equal(map(302, "", 0, &e), MAAS_ERR_HTTP);
+    assert_int_equal(map(302, "", MAAS_EP_GENERATE, &e), MAAS_ERR_HTTP);
 }
 
 static void test_token_endpoint(void **state)
 {
     maas_error_rec e;
     (void)state;
-    assert_int_equal(map(401, "{\"error\":\"invalid_client\"}", 1, &e), MAAS_ERR_AUTH);
+    assert_int_equal(map(401, "{\"error\":\"invalid_client\"}", MAAS_EP_TOKEN, &e), MAAS_ERR_AUTH);
     assert_string_equal(e.message, "invalid_client");
     assert_int_equal(map(400, "{\"error\":\"unsupported_grant_type\",\"error_description\":\"no\"}",
-                         1, &e),
+                         MAAS_EP_TOKEN, &e),
                      MAAS_ERR_AUTH);
     assert_string_equal(e.message, "unsupported_grant_type: no");
-    assert_int_equal(map(503, "", 1, &e), MAAS_ERR_UNAVAILABLE);
+    assert_int_equal(map(503, "", MAAS_EP_TOKEN, &e), MAAS_ERR_UNAVAILABLE);
     assert_non_null(strstr(e.message, "token endpoint"));
 }
 
@@ -113,19 +121,18 @@ static void test_retry_worth(void **state)
     (void)state;
     maas_error_clear(&e);
     e.pub.status = MAAS_ERR_CONNECT;
-    assert_true(maas_retry_worth(&e, 0));
+    assert_true(maas_retry_worth(&e));
     e.pub.status = MAAS_ERR_NETWORK;
-    assert_true(maas_retry_worth(&e, 0));
-    assert_false(maas_retry_worth(&e, 1));
+    assert_true(maas_retry_worth(&e));
     e.pub.status = MAAS_ERR_SERVER;
     e.pub.http_status = 501;
-    assert_false(maas_retry_worth(&e, 0));
+    assert_false(maas_retry_worth(&e));
     e.pub.http_status = 502;
-    assert_true(maas_retry_worth(&e, 0));
+    assert_true(maas_retry_worth(&e));
     e.pub.status = MAAS_ERR_INVALID_REQUEST;
-    assert_false(maas_retry_worth(&e, 0));
+    assert_false(maas_retry_worth(&e));
     e.pub.status = MAAS_ERR_TLS;
-    assert_false(maas_retry_worth(&e, 0));
+    assert_false(maas_retry_worth(&e));
 }
 
 static void test_retry_delay(void **state)
