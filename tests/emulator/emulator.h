@@ -1,0 +1,330 @@
+/*
+ * maas-emulator: a local server speaking the MaaS wire protocol
+ * (docs/emulator.md).  Shared declarations of its modules:
+ *
+ *   emulator.c  command line, start-up, signals, shutdown
+ *   server.c    libmicrohttpd handlers: routing, auth, validation, responses
+ *   body.c      the content reader: token stream generator and byte faults
+ *   gen.c       model catalogue, deterministic token generator
+ *   faults.c    fault specs, prompt directives, the per-path fault queue
+ *   auth.c      OAuth2 token table, Basic/Bearer header parsing
+ *   sched.c     one helper thread resuming suspended connections
+ *   util.c      buffers, JSON escaping, UTF-8, hashing, randomness, logging
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef MAAS_EMULATOR_H
+#define MAAS_EMULATOR_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <microhttpd.h>
+
+#define EMU_VERSION "0.1.0"
+#define EMU_MAX_BODY ((size_t)16 * 1024 * 1024) /* request bodies above this: 413 */
+#define EMU_MAX_TOKENS_FAULT 10000000L          /* tokens=N upper bound */
+#define EMU_MAX_MS 3600000L                     /* upper bound of every *_ms value */
+#define EMU_WATCH_MIN_MS 200                    /* waits this long also watch for hang-ups */
+
+/* The service's friendly text for UNAVAILABLE, and the type of error details. */
+#define EMU_CAPACITY_MSG "sorry, we are at maximum capacity. Please come back later"
+#define EMU_STRINGVALUE_TYPE "type.googleapis.com/google.protobuf.StringValue"
+
+#if defined(__GNUC__)
+#define EMU_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define EMU_PRINTF(f, a)
+#endif
+
+/* ------------------------------------------------------------------ */
+/* util.c                                                              */
+/* ------------------------------------------------------------------ */
+
+/* A growable byte buffer.  On allocation failure `oom` is set and further
+ * appends are ignored; callers check `oom` once at the end. */
+struct sbuf {
+    char *p;
+    size_t len;
+    size_t cap;
+    bool oom;
+};
+
+void sbuf_free(struct sbuf *b);
+void sbuf_reset(struct sbuf *b);
+void sbuf_add(struct sbuf *b, const void *data, size_t n);
+void sbuf_adds(struct sbuf *b, const char *s);
+void sbuf_addf(struct sbuf *b, const char *fmt, ...) EMU_PRINTF(2, 3);
+/* Append s[0..n) as the inside of a JSON string literal (no quotes). */
+void sbuf_add_json(struct sbuf *b, const char *s, size_t n);
+/* Detach the contents as a NUL-terminated malloc'd string (NULL on OOM). */
+char *sbuf_take(struct sbuf *b);
+
+uint64_t now_ms(void);
+void random_bytes(void *out, size_t n);
+void uuid4(char out[37]);
+bool utf8_valid(const unsigned char *s, size_t n);
+size_t utf8_runes(const char *s, size_t n);
+/* Make a NUL-terminated string valid UTF-8 in place (bad bytes become '?'). */
+void utf8_sanitize(char *s);
+uint64_t fnv1a64(uint64_t h, const void *data, size_t n);
+#define FNV64_OFFSET 0xcbf29ce484222325ULL
+uint32_t fnv1a32(const char *s);
+uint64_t mix64(uint64_t x);
+/* Parse a whole decimal string into [min, max]; false on any junk. */
+bool parse_long(const char *s, size_t n, long min, long max, long *out);
+
+extern bool g_quiet;
+void emu_log(const char *fmt, ...) EMU_PRINTF(1, 2);
+void emu_vlog(const char *fmt, va_list ap) EMU_PRINTF(1, 0);
+
+/* ------------------------------------------------------------------ */
+/* configuration and counters (emulator.c)                             */
+/* ------------------------------------------------------------------ */
+
+/* Faults; every field has an "off" value (false, -1, 0 or ""). */
+struct faults {
+    bool split;
+    bool coalesce;
+    bool crlf;
+    bool blank_lines;
+    bool expire_token;
+    long error_after;     /* tokens; -1 off */
+    long drop_after;      /* tokens (stream) or body bytes (other bodies); -1 off */
+    long truncate_after;  /* tokens; -1 off */
+    long malformed_after; /* tokens; -1 off */
+    long stall_after;     /* tokens (stream) or body bytes; -1 off */
+    long drip_ms;         /* -1 off */
+    long delay_ms;        /* -1 off */
+    long first_byte_delay_ms; /* -1 off */
+    long tokens;          /* -1 off */
+    int status;           /* 0 off */
+    char retry_after[128];/* "" off */
+};
+
+struct emu_config {
+    const char *host;
+    unsigned port;
+    const char *client_id;
+    const char *client_secret;
+    const char *cloud_account;
+    long token_lifetime_s;
+    long token_delay_ms;
+    long token_interval_ms;
+    struct faults cli_faults;
+    char *tls_cert;
+    char *tls_key;
+    unsigned conn_limit;          /* MHD_OPTION_CONNECTION_LIMIT */
+    unsigned long long nofile;    /* RLIMIT_NOFILE soft limit in force */
+};
+extern struct emu_config g_cfg;
+
+struct emu_stats {
+    atomic_long token_requests;
+    atomic_long tokens_issued;
+    atomic_long models_requests;
+    atomic_long generations;
+    atomic_long generate_requests;
+    atomic_long unauthorized;
+    atomic_long connections_opened;
+    atomic_long connections_open;
+    atomic_long streams_active;
+};
+extern struct emu_stats g_stats;
+
+/* ------------------------------------------------------------------ */
+/* faults.c                                                            */
+/* ------------------------------------------------------------------ */
+
+enum route {
+    ROUTE_UNKNOWN = 0,
+    ROUTE_TOKEN,
+    ROUTE_MODELS,
+    ROUTE_GENERATE,
+    ROUTE_EMU_STATS,
+    ROUTE_EMU_RESET,
+    ROUTE_EMU_EXPIRE,
+    ROUTE_EMU_FAULTS,
+};
+
+void faults_init(struct faults *f);
+bool faults_any_body(const struct faults *f); /* split, drip, drop or stall set */
+/* Parse one "NAME" or "NAME=VALUE" (length n) and merge it into f.
+ * On failure returns false and writes a message ("unknown emulator fault:
+ * NAME", ...) into err. */
+bool faults_parse_spec(struct faults *f, const char *spec, size_t n, char *err, size_t errlen);
+/* Merge every [[fault:...]] directive found in text. */
+bool faults_parse_prompt(struct faults *f, const char *text, size_t n, char *err, size_t errlen);
+/* Fields set in src override dst. */
+void faults_merge(struct faults *dst, const struct faults *src);
+
+bool fault_queue_push(enum route path, const struct faults *f, long count);
+/* Merge into f one use of every queued entry for path. */
+void fault_queue_take(enum route path, struct faults *f);
+void fault_queue_clear(void);
+
+/* ------------------------------------------------------------------ */
+/* auth.c                                                              */
+/* ------------------------------------------------------------------ */
+
+enum token_state { TOKEN_MISSING, TOKEN_MALFORMED, TOKEN_UNKNOWN, TOKEN_EXPIRED, TOKEN_VALID };
+
+void tokens_init(void);
+void tokens_free(void);
+/* A new opaque JWT-shaped token valid for lifetime_s (0: already expired). */
+char *token_issue(long lifetime_s);
+/* Check an Authorization header value ("Bearer <token>"); when expire is
+ * set, a valid token is marked expired and reported so. */
+enum token_state token_check(const char *authorization, bool expire);
+void tokens_expire_all(void);
+/* Does the Authorization header carry Basic id:secret? */
+bool basic_auth_matches(const char *authorization, const char *id, const char *secret);
+/* Form-urlencoded field lookup: copies the decoded value of key. */
+bool form_get(const char *body, size_t n, const char *key, char *out, size_t outlen);
+
+/* ------------------------------------------------------------------ */
+/* gen.c                                                               */
+/* ------------------------------------------------------------------ */
+
+struct model_entry {
+    const char *model_name;
+    const char *product_id;
+    const char *product_name;
+};
+extern const struct model_entry g_models[];
+extern const size_t g_nmodels;
+
+/* What a stream will produce; a function of its inputs only. */
+struct gen_plan {
+    uint64_t hash;
+    uint64_t n_text;    /* non-special tokens */
+    bool eos;           /* followed by one special </s> token */
+    uint64_t seed;
+    bool has_seed;
+};
+
+bool gen_init(void);
+void gen_free(void);
+void gen_plan_make(struct gen_plan *p, const char *model, size_t model_len, const char *prompt,
+                   size_t prompt_len, bool has_temperature, float temperature, bool has_max,
+                   uint32_t max_new_tokens, long tokens_fault);
+static inline uint64_t gen_total(const struct gen_plan *p) { return p->n_text + (p->eos ? 1 : 0); }
+/* Token i: JSON-escaped text, its length, its id; special for the EOS token. */
+const char *gen_token(const struct gen_plan *p, uint64_t i, size_t *len, uint32_t *id,
+                      bool *special);
+/* logprob of token i, false when omitted (every 7th token). */
+bool gen_logprob(const struct gen_plan *p, uint64_t i, double *out);
+
+/* ------------------------------------------------------------------ */
+/* sched.c                                                             */
+/* ------------------------------------------------------------------ */
+
+/* A connection parked by MHD_suspend_connection, waiting for a time or a
+ * client hang-up.  Embedded in a request; only sched.c touches the links. */
+struct waiter {
+    struct MHD_Connection *conn;
+    uint64_t due;       /* UINT64_MAX: no timer */
+    size_t heap_idx;    /* SIZE_MAX: not in the heap */
+    struct waiter *prev, *next;
+    bool listed;
+    bool watching;
+    int fd;
+    bool suspended;     /* MHD thread only */
+    bool hangup;        /* set before resume: the client went away */
+    bool aborted;       /* set before resume: the emulator is shutting down */
+};
+
+bool sched_start(void);
+/* Resume every parked connection (aborted = true) and join the thread. */
+void sched_stop(void);
+/* From an MHD callback: suspend w->conn and resume it after ms (ms < 0:
+ * never) or when the client hangs up (if watch).  False: shutting down,
+ * nothing was suspended. */
+bool sched_wait(struct waiter *w, long ms, bool watch);
+/* At every callback entry for a request that may have been parked. */
+void sched_resumed(struct waiter *w);
+long sched_suspended(void);
+
+/* ------------------------------------------------------------------ */
+/* server.c / body.c                                                   */
+/* ------------------------------------------------------------------ */
+
+enum body_kind { BODY_PLAIN, BODY_STREAM };
+
+/* A string field of a request (JSON strings may hold NULs: keep lengths). */
+struct str {
+    char *p; /* NULL: absent or null */
+    size_t n;
+};
+
+/* The generatestream body, decoded the way protojson would. */
+struct gen_req {
+    bool decoded;
+    char decode_err[200];
+    struct str model, prompt, account, product_name, product_id;
+    bool has_request, has_params, has_max, has_temp;
+    uint32_t max_new_tokens;
+    float temperature;
+};
+
+struct request {
+    int refs;                 /* con_cls + response; MHD thread only */
+    enum route route;
+    struct MHD_Connection *conn;
+    char method[16];
+    char path[96];
+    char rid[37];
+    uint64_t t0;
+    struct sbuf in;           /* request body */
+    size_t in_total;
+    bool too_large;
+    bool prepared;            /* faults gathered, waits decided */
+    bool waited;              /* first-byte/token delay already taken */
+    bool answered;
+    unsigned status;
+    struct faults f;
+    struct waiter w;
+    /* a decoded generation request */
+    struct gen_req g;
+    bool fault_bad;           /* a fault spec did not parse: fault_err says why */
+    char fault_err[160];
+    enum MHD_RequestTerminationCode toe;
+    /* the body being sent (body.c) */
+    enum body_kind kind;
+    struct sbuf out;
+    size_t out_off;
+    uint64_t sent;            /* body bytes handed to MHD */
+    bool drip_due;            /* a drip pause precedes the next byte */
+    bool stalled;
+    struct gen_plan plan;
+    uint64_t msg_i;           /* token messages produced */
+    uint64_t delayed_for;     /* msg_i + 1 whose pause was taken */
+    uint64_t lines;
+    uint64_t text_j;          /* generated_text cursor in the final message */
+    int phase;
+    bool malformed_done;
+    const char *end;          /* how the body ended, for the log */
+};
+
+/* body.c */
+ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max);
+void body_reader_free(void *cls);
+/* server.c */
+void request_unref(struct request *rq);
+enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                           const char *method, const char *version, const char *upload_data,
+                           size_t *upload_data_size, void **con_cls);
+void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                  enum MHD_RequestTerminationCode toe);
+void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                   enum MHD_ConnectionNotificationCode toe);
+
+#endif
