@@ -27,7 +27,8 @@ void maas_error_clear(maas_error_rec *e);
 
 /* Record a failure with a formatted message; returns st. Keeps http/grpc/request id. */
 maas_status maas_error_set(maas_error_rec *e, maas_status st, const char *fmt, ...) MAAS_PRINTF(3, 4);
-maas_status maas_error_vset(maas_error_rec *e, maas_status st, const char *fmt, va_list ap);
+maas_status maas_error_vset(maas_error_rec *e, maas_status st, const char *fmt, va_list ap)
+    MAAS_PRINTF(3, 0);
 
 void maas_error_set_request_id(maas_error_rec *e, const char *id);
 void maas_error_copy(maas_error_rec *dst, const maas_error_rec *src);

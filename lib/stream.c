@@ -548,9 +548,6 @@ maas_status maas_stream_open(maas_stream **out, maas_client *client, const maas_
     atomic_init(&s->cancel, 0);
     maas_error_clear(&s->err);
     maas_ndjson_init(&s->dec, client->max_line_bytes);
-    st = maas_xfer_init(&s->x, client, &s->cancel, &s->err);
-    if (st != MAAS_OK)
-        goto fail;
 
     m = resolve_model(client, request, &s->err);
     if (!m) {
@@ -570,6 +567,11 @@ maas_status maas_stream_open(maas_stream **out, maas_client *client, const maas_
     snprintf(s->url, n, "%s/generatestream", client->api_base_url);
     /* Fail early on credentials; the first attempt then uses this token. */
     st = maas_auth_acquire(client, &s->ticket, &s->err);
+    if (st != MAAS_OK)
+        goto fail;
+    /* Only now take a channel: the catalogue and token calls above borrowed
+     * and returned one, so this is the one holding their warm connection. */
+    st = maas_xfer_init(&s->x, client, &s->cancel, &s->err);
     if (st != MAAS_OK)
         goto fail;
     s->state = S_NEW;

@@ -1,0 +1,244 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "harness.h"
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)(ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+static void take(char *dst, size_t n, const char *line, const char *key)
+{
+    size_t k = strlen(key);
+    if (!strncmp(line, key, k) && line[k] == '=') {
+        snprintf(dst, n, "%s", line + k + 1);
+        dst[strcspn(dst, "\r\n")] = '\0';
+    }
+}
+
+int emu_start(emu *e, const char *const *args)
+{
+    const char *path = getenv("MAAS_EMULATOR");
+    const char *argv[64];
+    int fds[2], n = 0, i;
+    char buf[2048];
+    size_t used = 0;
+    long deadline = now_ms() + 15000;
+
+    memset(e, 0, sizeof *e);
+    if (!path) {
+        fprintf(stderr, "harness: MAAS_EMULATOR is not set\n");
+        return -1;
+    }
+    argv[n++] = path;
+    argv[n++] = "--port";
+    argv[n++] = "0";
+    if (!getenv("MAAS_EMULATOR_VERBOSE"))
+        argv[n++] = "--quiet";
+    for (i = 0; args && args[i] && n < 62; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    if (pipe2(fds, O_CLOEXEC))
+        return -1;
+    e->pid = fork();
+    if (e->pid < 0)
+        return -1;
+    if (e->pid == 0) {
+        dup2(fds[1], 1);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    /* The emulator prints its URLs once it listens. */
+    while (!e->root[0] && now_ms() < deadline) {
+        struct pollfd p = { fds[0], POLLIN, 0 };
+        ssize_t r;
+        char *nl;
+        if (poll(&p, 1, 500) <= 0)
+            continue;
+        r = read(fds[0], buf + used, sizeof buf - 1 - used);
+        if (r <= 0)
+            break;
+        used += (size_t)r;
+        buf[used] = '\0';
+        while ((nl = strchr(buf, '\n')) != NULL) {
+            *nl = '\0';
+            take(e->api, sizeof e->api, buf, "MAAS_API_BASE_URL");
+            take(e->auth, sizeof e->auth, buf, "MAAS_AUTH_URL");
+            take(e->root, sizeof e->root, buf, "MAAS_EMULATOR_URL");
+            used -= (size_t)(nl + 1 - buf);
+            memmove(buf, nl + 1, used + 1);
+        }
+    }
+    close(fds[0]);
+    if (!e->root[0]) {
+        fprintf(stderr, "harness: the emulator did not start\n");
+        emu_stop(e);
+        return -1;
+    }
+    return 0;
+}
+
+int emu_stop(emu *e)
+{
+    int status = 0;
+    if (e->pid <= 0)
+        return -1;
+    kill(e->pid, SIGTERM);
+    while (waitpid(e->pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    e->pid = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+struct body {
+    char buf[65536];
+    size_t len;
+};
+
+static size_t sink(char *d, size_t s, size_t n, void *p)
+{
+    struct body *b = p;
+    size_t len = s * n, room = sizeof b->buf - 1 - b->len;
+    if (len > room)
+        len = room;
+    memcpy(b->buf + b->len, d, len);
+    b->len += len;
+    b->buf[b->len] = '\0';
+    return s * n;
+}
+
+static long request(const char *url, const char *post, const char *ctype, const char *userpwd,
+                    struct body *out)
+{
+    CURL *h = curl_easy_init();
+    struct curl_slist *hdr = NULL;
+    long code = -1;
+    char ct[128];
+    if (!h)
+        return -1;
+    out->len = 0;
+    out->buf[0] = '\0';
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sink);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, out);
+    if (post) {
+        snprintf(ct, sizeof ct, "Content-Type: %s", ctype);
+        hdr = curl_slist_append(hdr, ct);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, post);
+    }
+    if (userpwd)
+        curl_easy_setopt(h, CURLOPT_USERPWD, userpwd);
+    if (curl_easy_perform(h) == CURLE_OK)
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    curl_slist_free_all(hdr);
+    curl_easy_cleanup(h);
+    return code;
+}
+
+long emu_stat(const emu *e, const char *name)
+{
+    struct body b;
+    char url[300];
+    json_t *root, *v;
+    long out = -1;
+    snprintf(url, sizeof url, "%s/emulator/stats", e->root);
+    if (request(url, NULL, NULL, NULL, &b) != 200)
+        return -1;
+    root = json_loads(b.buf, 0, NULL);
+    v = json_object_get(root, name);
+    if (json_is_integer(v))
+        out = (long)json_integer_value(v);
+    json_decref(root);
+    return out;
+}
+
+long emu_wait_stat(const emu *e, const char *name, long want, long timeout_ms)
+{
+    long end = now_ms() + timeout_ms, v;
+    struct timespec ts = { 0, 5 * 1000000L };
+    /* Server-side counters change asynchronously (a closed socket is noticed
+     * when the server next polls it): wait for the condition, bounded. */
+    while ((v = emu_stat(e, name)) != want && now_ms() < end)
+        nanosleep(&ts, NULL);
+    return v;
+}
+
+long emu_wait_connections(const emu *e, long want, long timeout_ms)
+{
+    /* The stats request is itself an open connection while it is answered. */
+    long v = emu_wait_stat(e, "connections_open", want + 1, timeout_ms);
+    return v < 0 ? v : v - 1;
+}
+
+long emu_post(const emu *e, const char *path, const char *json)
+{
+    struct body b;
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", e->root, path);
+    return request(url, json ? json : "{}", "application/json", NULL, &b);
+}
+
+long emu_fault(const emu *e, const char *path, const char *fault, int count)
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"path\":\"%s\",\"fault\":\"%s\",\"count\":%d}", path, fault,
+             count);
+    return emu_post(e, "/emulator/faults", body);
+}
+
+int emu_fetch_token(const emu *e, char *out, size_t outlen)
+{
+    struct body b;
+    json_t *root, *v;
+    int rc = -1;
+    if (request(e->auth, "grant_type=client_credentials", "application/x-www-form-urlencoded",
+                "test-client:test-secret", &b) != 200)
+        return -1;
+    root = json_loads(b.buf, 0, NULL);
+    v = json_object_get(root, "access_token");
+    if (json_is_string(v)) {
+        snprintf(out, outlen, "%s", json_string_value(v));
+        rc = 0;
+    }
+    json_decref(root);
+    return rc;
+}
+
+void emu_options(const emu *e, maas_client_options *o)
+{
+    maas_client_options_init(o, MAAS_CLIENT_OPTIONS_VERSION);
+    o->client_id = "test-client";
+    o->client_secret = "test-secret";
+    o->cloud_account = "123456789012";
+    o->api_base_url = e->api;
+    o->auth_url = e->auth;
+}
+
+void emu_export_env(const emu *e)
+{
+    setenv("MAAS_CLIENT_ID", "test-client", 1);
+    setenv("MAAS_CLIENT_SECRET", "test-secret", 1);
+    setenv("MAAS_CLOUD_ACCOUNT", "123456789012", 1);
+    setenv("MAAS_API_BASE_URL", e->api, 1);
+    setenv("MAAS_AUTH_URL", e->auth, 1);
+    unsetenv("MAAS_TOKEN");
+}

@@ -1,0 +1,42 @@
+/*
+ * harness: start maas-emulator on an ephemeral loopback port for a test,
+ * read its counters and drive its control endpoints.
+ */
+#ifndef MAAS_TEST_HARNESS_H
+#define MAAS_TEST_HARNESS_H
+
+#include <sys/types.h>
+#include <maas/maas.h>
+
+typedef struct emu {
+    pid_t pid;
+    char api[256];   /* MAAS_API_BASE_URL */
+    char auth[256];  /* MAAS_AUTH_URL */
+    char root[256];  /* MAAS_EMULATOR_URL */
+} emu;
+
+/* Start the emulator with extra arguments (NULL-terminated list, may be NULL). 0 on success. */
+int emu_start(emu *e, const char *const *args);
+/* SIGTERM and reap; returns its exit status (0 for a clean shutdown). */
+int emu_stop(emu *e);
+/* One counter from GET /emulator/stats, -1 on failure. */
+long emu_stat(const emu *e, const char *name);
+/* Poll a counter until it equals `want` or `timeout_ms` passes; returns the last value. */
+long emu_wait_stat(const emu *e, const char *name, long want, long timeout_ms);
+/*
+ * Connections open at the emulator other than the harness's own stats
+ * request, once that number equals `want` or `timeout_ms` passed.
+ */
+long emu_wait_connections(const emu *e, long want, long timeout_ms);
+/* POST a control endpoint (e.g. "/emulator/reset") with a JSON body (may be NULL). HTTP status. */
+long emu_post(const emu *e, const char *path, const char *json);
+/* Queue a fault for the next `count` requests to `path`. */
+long emu_fault(const emu *e, const char *path, const char *fault, int count);
+/* A token straight from the token endpoint (for MAAS_TOKEN tests). 0 on success. */
+int emu_fetch_token(const emu *e, char *out, size_t outlen);
+/* Client options aimed at the emulator with its default credentials. */
+void emu_options(const emu *e, maas_client_options *o);
+/* Export MAAS_* environment variables aimed at the emulator. */
+void emu_export_env(const emu *e);
+
+#endif
