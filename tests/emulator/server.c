@@ -13,6 +13,7 @@
 #include "emulator.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <math.h>
 #include <float.h>
 #include <stdio.h>
@@ -582,9 +583,25 @@ static enum MHD_Result handle_generate(struct request *rq)
     return queue(rq, 200, r);
 }
 
+/* The User-Agent of the last API request, so that tests can see what clients send. */
+static pthread_mutex_t ua_lock = PTHREAD_MUTEX_INITIALIZER;
+static char last_user_agent[256];
+
+static void record_user_agent(struct MHD_Connection *conn)
+{
+    const char *ua = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_USER_AGENT);
+    pthread_mutex_lock(&ua_lock);
+    snprintf(last_user_agent, sizeof last_user_agent, "%s", ua ? ua : "");
+    pthread_mutex_unlock(&ua_lock);
+}
+
 static json_t *stats_json(void)
 {
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+    char ua[sizeof last_user_agent];
+    pthread_mutex_lock(&ua_lock);
+    memcpy(ua, last_user_agent, sizeof ua);
+    pthread_mutex_unlock(&ua_lock);
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
                      "token_requests", (json_int_t)atomic_load(&g_stats.token_requests),
                      "tokens_issued", (json_int_t)atomic_load(&g_stats.tokens_issued),
                      "models_requests", (json_int_t)atomic_load(&g_stats.models_requests),
@@ -593,7 +610,8 @@ static json_t *stats_json(void)
                      "unauthorized", (json_int_t)atomic_load(&g_stats.unauthorized),
                      "connections_opened", (json_int_t)atomic_load(&g_stats.connections_opened),
                      "connections_open", (json_int_t)atomic_load(&g_stats.connections_open),
-                     "streams_active", (json_int_t)atomic_load(&g_stats.streams_active));
+                     "streams_active", (json_int_t)atomic_load(&g_stats.streams_active),
+                     "last_user_agent", ua);
 }
 
 static enum route fault_path(const char *p)
@@ -788,14 +806,17 @@ enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *u
         case ROUTE_TOKEN:
             atomic_fetch_add(&g_stats.token_requests, 1);
             count_api_connection(conn);
+            record_user_agent(conn);
             break;
         case ROUTE_MODELS:
             atomic_fetch_add(&g_stats.models_requests, 1);
             count_api_connection(conn);
+            record_user_agent(conn);
             break;
         case ROUTE_GENERATE:
             atomic_fetch_add(&g_stats.generate_requests, 1);
             count_api_connection(conn);
+            record_user_agent(conn);
             break;
         default:
             break;

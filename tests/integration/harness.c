@@ -171,6 +171,22 @@ long emu_stat(const emu *e, const char *name)
     return out;
 }
 
+void emu_stat_string(const emu *e, const char *name, char *out, size_t outlen)
+{
+    struct body b;
+    char url[300];
+    json_t *root, *v;
+    out[0] = '\0';
+    snprintf(url, sizeof url, "%s/emulator/stats", e->root);
+    if (request(url, NULL, NULL, NULL, &b) != 200)
+        return;
+    root = json_loads(b.buf, 0, NULL);
+    v = json_object_get(root, name);
+    if (json_is_string(v))
+        snprintf(out, outlen, "%s", json_string_value(v));
+    json_decref(root);
+}
+
 long emu_wait_stat(const emu *e, const char *name, long want, long timeout_ms)
 {
     long end = now_ms() + timeout_ms, v;

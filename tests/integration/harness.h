@@ -19,6 +19,8 @@ typedef struct emu {
 int emu_start(emu *e, const char *const *args);
 /* SIGTERM and reap; returns its exit status (0 for a clean shutdown). */
 int emu_stop(emu *e);
+/* A string from GET /emulator/stats into out ("" on failure). */
+void emu_stat_string(const emu *e, const char *name, char *out, size_t outlen);
 /* One counter from GET /emulator/stats, -1 on failure. */
 long emu_stat(const emu *e, const char *name);
 /* Poll a counter until it equals `want` or `timeout_ms` passes; returns the last value. */

@@ -2,6 +2,7 @@
 """The maas command-line client against maas-emulator: output, events, exit codes."""
 import json
 import os
+import re
 import subprocess
 import sys
 import unittest
@@ -179,6 +180,29 @@ class Cli(unittest.TestCase):
         rc, _, err = run(self.emu, "models", env=env)
         self.assertEqual(rc, 7)
         self.assertTrue(err.startswith("maas: could not connect"), err)
+
+    def test_secrets_never_printed(self):
+        # Debug logging on every path that touches a credential or a token:
+        # success, refresh-and-replay, refused credentials, errors.
+        basic = "dGVzdC1jbGllbnQ6dGVzdC1zZWNyZXQ="  # base64("test-client:test-secret")
+        jwt = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+        env = self.emu.env(MAAS_LOG="debug")
+        runs = [run(self.emu, "models", env=env),
+                run(self.emu, "generate", "--max-tokens", "3", "Tell me a joke", env=env),
+                run(self.emu, "generate", "--max-tokens", "3", "Tell [[fault:expire-token]]",
+                    env=env),
+                run(self.emu, "generate", "--retries", "0", "--max-tokens", "3",
+                    "Tell [[fault:status=503]]", env=env),
+                run(self.emu, "models", env=self.emu.env(MAAS_LOG="debug",
+                                                         MAAS_CLIENT_SECRET="other-secret")),
+                run(self.emu, "models", env=self.emu.env(MAAS_LOG="debug",
+                                                         MAAS_TOKEN="static.tokenvalue.xyz12345"))]
+        self.assertIn("libmaas debug: ", runs[0][2])
+        for rc, out, err in runs:
+            for text in (out, err):
+                for secret in ("test-secret", "other-secret", basic, "tokenvalue"):
+                    self.assertNotIn(secret, text)
+                self.assertIsNone(jwt.search(text), text)
 
     def test_json_error_event(self):
         rc, out, err = run(self.emu, "generate", "--model", MISTRAL, "--max-tokens", "10",

@@ -207,6 +207,23 @@ static void test_one_token_and_one_connection(void **state)
     finish(c);
 }
 
+static void ua_suffix(maas_client_options *o) { o->user_agent_suffix = "my-tool/1.2"; }
+
+static void test_user_agent(void **state)
+{
+    maas_client *c = client_with(ua_suffix);
+    struct collected *col = collected_new();
+    char ua[256], want[64];
+    (void)state;
+    assert_int_equal(gen(c, PROMPT, 2, col), MAAS_OK);
+    emu_stat_string(&E, "last_user_agent", ua, sizeof ua);
+    snprintf(want, sizeof want, "libmaas/%s libcurl/", maas_version());
+    assert_memory_equal(ua, want, strlen(want));
+    assert_non_null(strstr(ua, " my-tool/1.2"));
+    free(col);
+    finish(c);
+}
+
 static void test_pull_iterator(void **state)
 {
     maas_client *c = client_with(NULL);
@@ -775,6 +792,7 @@ int main(void)
         cmocka_unit_test_setup(test_generate_text_matches_details, reset),
         cmocka_unit_test_setup(test_eos_finish, reset),
         cmocka_unit_test_setup(test_one_token_and_one_connection, reset),
+        cmocka_unit_test_setup(test_user_agent, reset),
         cmocka_unit_test_setup(test_pull_iterator, reset),
         cmocka_unit_test_setup(test_generate_text, reset),
         cmocka_unit_test_setup(test_split_every_byte, reset),
