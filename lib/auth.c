@@ -236,8 +236,7 @@ static maas_status fetch_token(maas_client *c, char **header, int64_t *lifetime_
         return st;
     }
     st = parse_token(r.body, r.len, header, lifetime_ms, err);
-    maas_wipe(r.body, r.len);
-    maas_response_free(&r);
+    maas_response_free(&r); /* wipes the answer */
     return st;
 oom:
     maas_http_headers_free(h);

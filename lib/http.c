@@ -586,10 +586,19 @@ static size_t fetch_write(char *data, size_t size, size_t n, void *userp)
         char *b;
         while (cap < r->len + len + 1)
             cap *= 2;
-        b = realloc(r->body, cap);
+        /* Not realloc: the old block may hold part of a token answer, and
+         * realloc would free it unwiped. calloc: a block that libcurl freed
+         * unwiped (its request buffer held the Basic value) is not carried
+         * along in the unused tail of ours. */
+        b = calloc(1, cap);
         if (!b) {
             s->no_memory = 1;
             return 0;
+        }
+        if (r->body) {
+            memcpy(b, r->body, r->len);
+            maas_wipe(r->body, r->len);
+            free(r->body);
         }
         r->body = b;
         s->cap = cap;
@@ -604,6 +613,9 @@ void maas_response_free(maas_response *r)
 {
     if (!r)
         return;
+    /* Token answers pass through here too: wipe whatever the body was. */
+    if (r->body)
+        maas_wipe(r->body, r->len);
     free(r->body);
     r->body = NULL;
     r->len = 0;

@@ -252,8 +252,10 @@ static size_t on_write(char *data, size_t size, size_t n, void *userp)
 static size_t on_header(char *data, size_t size, size_t n, void *userp)
 {
     maas_stream *s = userp;
-    /* Headers are activity before the first message: the answer has begun. */
-    maas_xfer_mark(&s->x);
+    /* The status line starts the answer and restarts the idle clock; further
+     * header lines do not, so a server dripping headers forever still trips it. */
+    if (size * n >= 5 && !memcmp(data, "HTTP/", 5))
+        maas_xfer_mark(&s->x);
     return maas_http_header_cb(data, size, n, &s->meta);
 }
 
@@ -443,6 +445,7 @@ static maas_status keep_details(maas_stream *s, const maas_msg *m)
     s->details.finish_reason_name = s->finish_name;
     s->details.generated_text = s->generated_text;
     s->details.request_id = s->request_id;
+    s->details.attempts = s->attempts;
     return MAAS_OK;
 }
 

@@ -318,6 +318,8 @@ typedef struct maas_details {
     const char *generated_text;     /**< the server's text (without special tokens); "" if absent */
     size_t generated_text_len;
     const char *request_id;         /**< "" if the server sent none */
+    unsigned int attempts;          /**< HTTP attempts this generation took (retries and a
+                                         401 replay included) */
 } maas_details;
 
 /** Called once per token, in order. Return 0 to continue, nonzero to cancel. */

@@ -161,6 +161,7 @@ static void test_generate_text_matches_details(void **state)
     assert_int_equal(col->details.generated_tokens, 10);
     assert_true(col->details.has_seed);
     assert_int_equal(strlen(col->request_id), 36);
+    assert_int_equal(col->details.attempts, 1);
     /* What the callbacks saw is exactly what the server says it generated. */
     assert_int_equal(col->len, col->details.generated_text_len);
     assert_memory_equal(col->text, col->details_text, col->len);
@@ -456,6 +457,7 @@ static void test_retries_then_success(void **state)
     assert_int_equal(gen(c, PROMPT, 5, col), MAAS_OK);
     assert_int_equal(col->tokens, 5);
     assert_int_equal(maas_client_counter(c, MAAS_COUNTER_RETRIES), 2);
+    assert_int_equal(col->details.attempts, 3); /* reported with the result too */
     assert_int_equal(emu_stat(&E, "generate_requests"), 3);
     free(col);
     finish(c);
