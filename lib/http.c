@@ -270,11 +270,29 @@ maas_status maas_xfer_init(maas_xfer *x, maas_client *c, atomic_int *cancel, maa
     return MAAS_OK;
 }
 
+void maas_xfer_init_external(maas_xfer *x, maas_client *c, atomic_int *cancel, maas_channel *ch)
+{
+    memset(x, 0, sizeof *x);
+    x->client = c;
+    x->cancel = cancel;
+    x->idle_ms = c->idle_timeout_ms;
+    x->ch = ch;
+    x->external = 1;
+}
+
 void maas_xfer_cleanup(maas_xfer *x)
 {
     if (!x->ch)
         return;
     maas_xfer_finish(x);
+    if (x->external) {
+        /* A multi stream's own easy handle; the multi handle is not ours. */
+        curl_easy_cleanup(x->ch->easy);
+        x->ch->easy = NULL;
+        x->ch = NULL;
+        x->easy = NULL;
+        return;
+    }
     /* Nothing of this request may linger on the pooled handle. */
     curl_easy_reset(x->ch->easy);
     channel_put(x->client, x->ch);
@@ -325,7 +343,7 @@ void maas_xfer_mark(maas_xfer *x)
 
 void maas_xfer_wakeup(maas_xfer *x)
 {
-    if (x->ch)
+    if (x->ch && x->ch->multi)
         curl_multi_wakeup(x->ch->multi);
 }
 
@@ -356,6 +374,14 @@ static maas_status next_wait(const maas_xfer *x, int64_t *wait_ms, maas_error_re
     }
     *wait_ms = w;
     return MAAS_OK;
+}
+
+maas_status maas_xfer_check(maas_xfer *x, maas_error_rec *err)
+{
+    int64_t wait_ms;
+    if (cancelled(x))
+        return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+    return next_wait(x, &wait_ms, err);
 }
 
 maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err)

@@ -67,6 +67,7 @@ typedef struct maas_xfer {
     struct maas_client *client;
     maas_channel *ch;
     CURL *easy;              /* ch->easy, once set up for a request */
+    int external;            /* ch belongs to a maas_multi stream: never pooled */
     int added;
     int done;
     CURLcode result;
@@ -81,6 +82,9 @@ typedef struct maas_xfer {
 /* Take a channel from the pool (or make one). The clocks come from the client. */
 maas_status maas_xfer_init(maas_xfer *x, struct maas_client *c, atomic_int *cancel,
                            maas_error_rec *err);
+/* For a maas_multi stream: its own channel (the multi's handle and the stream's easy handle). */
+void maas_xfer_init_external(maas_xfer *x, struct maas_client *c, atomic_int *cancel,
+                             maas_channel *ch);
 /* Give the channel back (a channel whose transfer was cut loses its connection). */
 void maas_xfer_cleanup(maas_xfer *x);
 /* Reset the easy handle with the client's options, for one attempt. */
@@ -97,6 +101,8 @@ void maas_xfer_mark(maas_xfer *x);
  * DEADLINE, INTERNAL (err filled).
  */
 maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err);
+/* Without waiting: has a clock expired (IDLE_TIMEOUT, DEADLINE) or the transfer been cancelled? */
+maas_status maas_xfer_check(maas_xfer *x, maas_error_rec *err);
 /* Sleep `ms`, cut short by cancellation or the deadline (returns CANCELLED / DEADLINE). */
 maas_status maas_xfer_sleep(maas_xfer *x, int64_t ms, maas_error_rec *err);
 /* Wake a maas_xfer_step() blocked in another thread. */

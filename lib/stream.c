@@ -1,7 +1,8 @@
 /*
- * stream: generation streams. One engine, the pull iterator
- * (maas_stream_next), under both the push interface (maas_stream_run,
- * maas_generate) and the collecting convenience (maas_generate_text).
+ * stream: generation streams. One engine, maas_stream_advance(), under the
+ * pull iterator (maas_stream_next), the push interface (maas_stream_run,
+ * maas_generate), the collecting convenience (maas_generate_text) and, never
+ * blocking, the streams of a maas_multi (multi.c).
  *
  * An attempt is one POST to generatestream. Before any token has reached the
  * caller a failed attempt may be replayed (after a 401, with a new token) or
@@ -21,52 +22,8 @@
 #include "log.h"
 #include "models.h"
 #include "ndjson.h"
-
-/* The body of a non-200 answer kept for its error message. */
-#define ERROR_BODY_MAX (64 * 1024)
-
-typedef enum stream_state {
-    S_NEW,           /* opened, no attempt yet */
-    S_RUNNING,       /* an attempt is under way */
-    S_FINAL_PENDING, /* the final message's token was handed out; MAAS_DONE is next */
-    S_DONE,
-    S_FAILED
-} stream_state;
-
-struct maas_stream {
-    maas_client *c;
-    maas_xfer x;
-    atomic_int cancel;
-    stream_state state;
-
-    char *url;
-    char *body;
-    size_t body_len;
-    struct curl_slist *headers;  /* the fixed ones; the token is added per attempt */
-    struct curl_slist *auth;     /* this attempt's token node, wiped when dropped */
-    maas_auth_ticket ticket;
-
-    maas_ndjson dec;
-    maas_http_meta meta;
-    long http_status;
-    char *error_body;
-    size_t error_len;
-    maas_status write_status;    /* a decoder failure seen while receiving */
-
-    unsigned attempts, retries;
-    int replayed;
-    int sent;                    /* the current attempt reached the network */
-    size_t tokens;               /* delivered to the caller */
-    maas_token token;
-
-    maas_details details;
-    char *final_text;            /* the final message's token text, kept past the decoder */
-    char *finish_name;
-    char *generated_text;
-    char request_id[MAAS_REQUEST_ID_MAX];
-
-    maas_error_rec err;
-};
+#include "multi.h"
+#include "stream.h"
 
 /* ---- request validation and body --------------------------------------- */
 
@@ -246,6 +203,8 @@ static size_t on_write(char *data, size_t size, size_t n, void *userp)
         s->write_status = st;
         return 0;
     }
+    if (s->multi)
+        maas_multi_mark_ready(s);
     return len;
 }
 
@@ -254,14 +213,20 @@ static size_t on_header(char *data, size_t size, size_t n, void *userp)
     maas_stream *s = userp;
     /* The status line starts the answer and restarts the idle clock; further
      * header lines do not, so a server dripping headers forever still trips it. */
-    if (size * n >= 5 && !memcmp(data, "HTTP/", 5))
+    if (size * n >= 5 && !memcmp(data, "HTTP/", 5)) {
+        const char *sp = memchr(data, ' ', size * n);
         maas_xfer_mark(&s->x);
+        /* Known from here on, so that a failure before the first body byte
+         * (an idle timeout) still reports the answer's status. */
+        if (sp && (size_t)(sp - data) + 4 <= size * n)
+            s->http_status = strtol(sp + 1, NULL, 10);
+    }
     return maas_http_header_cb(data, size, n, &s->meta);
 }
 
 /* ---- attempts ------------------------------------------------------------ */
 
-static void drop_attempt(maas_stream *s)
+void maas_stream_drop_attempt(maas_stream *s)
 {
     maas_xfer_finish(&s->x);
     if (s->auth) {
@@ -271,9 +236,9 @@ static void drop_attempt(maas_stream *s)
     }
 }
 
-static maas_status fail(maas_stream *s, maas_status st)
+maas_status maas_stream_fail(maas_stream *s, maas_status st)
 {
-    drop_attempt(s);
+    maas_stream_drop_attempt(s);
     s->state = S_FAILED;
     s->err.pub.status = st;
     if (s->sent && !s->err.pub.http_status)
@@ -291,7 +256,7 @@ static maas_status start_attempt(maas_stream *s)
     maas_status st;
     CURLcode rc = CURLE_OK;
 
-    drop_attempt(s);
+    maas_stream_drop_attempt(s);
     s->sent = 0;
     s->http_status = 0;
     /* The record holds this attempt's failure only, not an earlier call's 200. */
@@ -318,6 +283,7 @@ static maas_status start_attempt(maas_stream *s)
     SET(CURLOPT_WRITEDATA, s);
     SET(CURLOPT_HEADERFUNCTION, on_header);
     SET(CURLOPT_HEADERDATA, s);
+    SET(CURLOPT_PRIVATE, s); /* a multi finds the stream of a finished transfer */
 #undef SET
     /* The head of the list must not lead into the fixed headers when it is freed. */
     if (rc != CURLE_OK)
@@ -338,20 +304,32 @@ static maas_status start_attempt(maas_stream *s)
     if (st == MAAS_OK) {
         s->state = S_RUNNING;
         s->sent = 1;
+        if (s->multi)
+            maas_multi_track(s); /* its idle and deadline clocks */
     }
     return st;
 }
 
+/* The backoff is over: the next attempt, with the cache's current token
+ * (the one held may have expired during the wait). */
+static maas_status retry_now(maas_stream *s)
+{
+    maas_auth_release(&s->ticket);
+    maas_error_clear(&s->err);
+    return start_attempt(s);
+}
+
 /*
  * The attempt failed with s->err set and nothing delivered: replay after a
- * 401, retry when worth it, or give up. MAAS_OK means a new attempt runs.
+ * 401, retry when worth it, or give up. MAAS_OK means a new attempt runs;
+ * MAAS_PENDING (when !block) that one will after a backoff.
  */
-static maas_status after_failed_attempt(maas_stream *s, maas_status st)
+static maas_status after_failed_attempt(maas_stream *s, maas_status st, int block)
 {
     uint64_t generation = s->ticket.generation;
     int64_t delay;
 
-    drop_attempt(s);
+    maas_stream_drop_attempt(s);
     s->err.pub.attempts = s->attempts;
     /* Never once a token has reached the caller; and a token fetch that failed
      * has had its own retries. */
@@ -369,19 +347,24 @@ static maas_status after_failed_attempt(maas_stream *s, maas_status st)
     if (st != MAAS_ERR_TRUNCATED && !maas_retry_worth(&s->err))
         return st;
     delay = maas_retry_delay_ms(s->c, s->retries + 1, &s->err);
-    if (delay < 0)
+    /* A wait that would outlast the deadline is no retry at all. */
+    if (delay < 0 || (s->x.deadline_at && maas_now_ms() + delay >= s->x.deadline_at))
         return st;
     s->retries++;
     maas_count(s->c, MAAS_COUNTER_RETRIES, 1);
     MAAS_INFO(s->c, "%s (%s); retry %u in %lld ms", maas_strerror(st), s->err.message, s->retries,
               (long long)delay);
+    s->state = S_BACKOFF;
+    s->wake_at = maas_now_ms() + delay;
+    if (!block) {
+        if (s->multi)
+            maas_multi_track(s);
+        return MAAS_PENDING;
+    }
     st = maas_xfer_sleep(&s->x, delay, &s->err);
     if (st != MAAS_OK)
         return st;
-    /* A token may have expired during the wait: take the cache's current one. */
-    maas_auth_release(&s->ticket);
-    maas_error_clear(&s->err);
-    return start_attempt(s);
+    return retry_now(s);
 }
 
 /* The transfer is over and the decoder holds no complete line. */
@@ -455,22 +438,28 @@ static maas_status keep_details(maas_stream *s, const maas_msg *m)
  * that keeps the stream open past its final message is not waited for long:
  * the connection is closed instead.
  */
-static void drain(maas_stream *s)
+static void drain(maas_stream *s, int block)
 {
     maas_error_rec ignored;
     int64_t until = maas_now_ms() + 1000;
     long saved = (long)s->x.idle_ms;
+    if (!block) {
+        /* A multi settles the transfer as it ends (maas_stream_settled). */
+        s->x.idle_ms = 1000;
+        maas_xfer_mark(&s->x);
+        return;
+    }
     maas_error_clear(&ignored);
     s->x.idle_ms = 1000;
     maas_xfer_mark(&s->x);
     while (!s->x.done && maas_now_ms() < until && maas_xfer_step(&s->x, &ignored) == MAAS_OK)
         ;
     s->x.idle_ms = saved;
-    drop_attempt(s);
+    maas_stream_drop_attempt(s);
 }
 
 /* One decoded message: a token to hand out, the end, or the server's error. */
-static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **out)
+static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **out, int block)
 {
     maas_status st;
     if (m->request_id && m->request_id[0])
@@ -490,8 +479,8 @@ static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **
                 st = maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory");
         }
         if (st != MAAS_OK)
-            return fail(s, st);
-        drain(s);
+            return maas_stream_fail(s, st);
+        drain(s, block);
         if (m->has_token) {
             s->token = m->token;
             s->token.text = s->final_text;
@@ -507,7 +496,7 @@ static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **
         break;
     }
     maas_error_set(&s->err, MAAS_ERR_INTERNAL, "the decoder produced no message");
-    return fail(s, MAAS_ERR_INTERNAL);
+    return maas_stream_fail(s, MAAS_ERR_INTERNAL);
 }
 
 /* An {"error": ...} line: the attempt's failure, with the server's code and words. */
@@ -523,32 +512,27 @@ static void stream_error(maas_stream *s, const maas_msg *m)
 
 /* ---- public ------------------------------------------------------------------ */
 
-maas_status maas_stream_open(maas_stream **out, maas_client *client, const maas_request *request)
+maas_status maas_stream_create(maas_stream **out, maas_client *client, const maas_request *request,
+                               maas_error_rec *err)
 {
     maas_stream *s;
-    maas_error_rec err;
     const maas_model *m;
     maas_status st;
     size_t n;
 
-    if (!out)
-        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = NULL;
-    if (!client || !request)
-        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "%s is NULL", client ? "request" : "client");
-    maas_error_clear(&err);
-    st = check_request(request, &err);
+    st = check_request(request, err);
     if (st != MAAS_OK)
-        return maas_error_publish(&err);
+        return st;
     if (!client->cloud_account)
-        return maas_fail(MAAS_ERR_CONFIG,
-                         "no cloud account: set cloud_account (MAAS_CLOUD_ACCOUNT)");
-
+        return maas_error_set(err, MAAS_ERR_CONFIG,
+                              "no cloud account: set cloud_account (MAAS_CLOUD_ACCOUNT)");
     s = calloc(1, sizeof *s);
     if (!s)
-        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory opening a stream");
+        return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory opening a stream");
     s->c = client;
     atomic_init(&s->cancel, 0);
+    s->heap_index = SIZE_MAX;
     maas_error_clear(&s->err);
     maas_ndjson_init(&s->dec, client->max_line_bytes);
 
@@ -572,34 +556,60 @@ maas_status maas_stream_open(maas_stream **out, maas_client *client, const maas_
     st = maas_auth_acquire(client, &s->ticket, &s->err);
     if (st != MAAS_OK)
         goto fail;
-    /* Only now take a channel: the catalogue and token calls above borrowed
-     * and returned one, so this is the one holding their warm connection. */
-    st = maas_xfer_init(&s->x, client, &s->cancel, &s->err);
-    if (st != MAAS_OK)
-        goto fail;
     s->state = S_NEW;
     *out = s;
     return MAAS_OK;
 fail:
-    maas_error_publish(&s->err);
+    maas_error_copy(err, &s->err);
     maas_stream_free(s);
     return st;
 }
 
-maas_status maas_stream_next(maas_stream *s, const maas_token **out)
+maas_status maas_stream_open(maas_stream **out, maas_client *client, const maas_request *request)
 {
+    maas_error_rec err;
     maas_status st;
-    maas_msg msg;
 
     if (!out)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = NULL;
-    if (!s)
-        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "stream is NULL");
+    if (!client || !request)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "%s is NULL", client ? "request" : "client");
+    maas_error_clear(&err);
+    st = maas_stream_create(out, client, request, &err);
+    if (st != MAAS_OK)
+        return maas_error_publish(&err);
+    /* Only now take a channel: the catalogue and token calls above borrowed
+     * and returned one, so this is the one holding their warm connection. */
+    st = maas_xfer_init(&(*out)->x, client, &(*out)->cancel, &err);
+    if (st != MAAS_OK) {
+        maas_stream_free(*out);
+        *out = NULL;
+        return maas_error_publish(&err);
+    }
+    return MAAS_OK;
+}
+
+/* A failed attempt's outcome: a new attempt runs (continue), or the stream fails. */
+#define AFTER_FAILURE(s, st, block)                                                       \
+    do {                                                                                   \
+        maas_status after_ = after_failed_attempt((s), (st), (block));                     \
+        if (after_ == MAAS_PENDING)                                                        \
+            return MAAS_PENDING;                                                           \
+        if (after_ != MAAS_OK)                                                             \
+            return maas_stream_fail((s), after_);                                                      \
+    } while (0)
+
+maas_status maas_stream_advance(maas_stream *s, const maas_token **out, int block)
+{
+    maas_status st;
+    maas_msg msg;
+
+    *out = NULL;
     if (s->state != S_DONE && s->state != S_FAILED && atomic_load(&s->cancel)) {
         /* Tokens already buffered are not handed out after a cancel. */
         maas_error_set(&s->err, MAAS_ERR_CANCELLED, "the stream was cancelled");
-        return fail(s, MAAS_ERR_CANCELLED);
+        return maas_stream_fail(s, MAAS_ERR_CANCELLED);
     }
     switch (s->state) {
     case S_DONE:
@@ -611,14 +621,27 @@ maas_status maas_stream_next(maas_stream *s, const maas_token **out)
         return MAAS_DONE;
     case S_NEW:
         st = start_attempt(s);
-        if (st != MAAS_OK && (st = after_failed_attempt(s, st)) != MAAS_OK)
-            return fail(s, st);
+        if (st != MAAS_OK)
+            AFTER_FAILURE(s, st, block);
+        break;
+    case S_BACKOFF:
+        if (maas_now_ms() < s->wake_at) {
+            if (!block)
+                return MAAS_PENDING;
+            st = maas_xfer_sleep(&s->x, s->wake_at - maas_now_ms(), &s->err);
+            if (st != MAAS_OK)
+                return maas_stream_fail(s, st);
+        }
+        st = retry_now(s);
+        if (st != MAAS_OK)
+            AFTER_FAILURE(s, st, block);
         break;
     case S_RUNNING:
         break;
     }
     /* The caller held control since the last token: that time is not the server's idleness. */
-    maas_xfer_mark(&s->x);
+    if (block)
+        maas_xfer_mark(&s->x);
 
     for (;;) {
         st = maas_ndjson_next(&s->dec, &msg);
@@ -626,16 +649,14 @@ maas_status maas_stream_next(maas_stream *s, const maas_token **out)
             /* Before the first token, an UNAVAILABLE or RESOURCE_EXHAUSTED
              * line is a busy server like a 503 or 429: worth a retry. */
             stream_error(s, &msg);
-            st = after_failed_attempt(s, MAAS_ERR_STREAM);
-            if (st != MAAS_OK)
-                return fail(s, st);
+            AFTER_FAILURE(s, MAAS_ERR_STREAM, block);
             continue;
         }
         if (st == MAAS_OK)
-            return take_message(s, &msg, out);
+            return take_message(s, &msg, out, block);
         if (st != MAAS_DONE) {
             maas_error_set(&s->err, st, "%s", maas_ndjson_error(&s->dec));
-            return fail(s, st);
+            return maas_stream_fail(s, st);
         }
         if (s->x.done) {
             st = transfer_ended(s, &msg);
@@ -643,20 +664,53 @@ maas_status maas_stream_next(maas_stream *s, const maas_token **out)
                 stream_error(s, &msg);
                 st = MAAS_ERR_STREAM;
             } else if (st == MAAS_OK) {
-                return take_message(s, &msg, out);
+                return take_message(s, &msg, out, block);
             }
-            st = after_failed_attempt(s, st);
-            if (st != MAAS_OK)
-                return fail(s, st);
+            AFTER_FAILURE(s, st, block);
             continue;
         }
-        st = maas_xfer_step(&s->x, &s->err);
+        st = block ? maas_xfer_step(&s->x, &s->err) : maas_xfer_check(&s->x, &s->err);
         if (st != MAAS_OK) {
-            st = after_failed_attempt(s, st);
-            if (st != MAAS_OK)
-                return fail(s, st);
+            AFTER_FAILURE(s, st, block);
+            continue;
         }
+        if (!block)
+            return MAAS_PENDING;
     }
+}
+
+int64_t maas_stream_next_deadline(const maas_stream *s)
+{
+    int64_t d = INT64_MAX;
+    if (s->state == S_BACKOFF)
+        d = s->wake_at;
+    else if (s->x.added && s->x.idle_ms > 0)
+        d = s->x.idle_since + s->x.idle_ms;
+    if ((s->state == S_BACKOFF || s->x.added) && s->x.deadline_at && s->x.deadline_at < d)
+        d = s->x.deadline_at;
+    return d;
+}
+
+int maas_stream_settled(maas_stream *s)
+{
+    if (s->x.added && !s->x.done && maas_xfer_check(&s->x, &s->err) == MAAS_OK)
+        return 0;
+    /* Done, or past the short drain clock: let the connection go back (or close). */
+    maas_stream_drop_attempt(s);
+    return 1;
+}
+
+maas_status maas_stream_next(maas_stream *s, const maas_token **out)
+{
+    if (!out)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (!s)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "stream is NULL");
+    if (s->multi)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
+                         "the stream belongs to a maas_multi: its multi drives it");
+    return maas_stream_advance(s, out, 1);
 }
 
 maas_status maas_stream_run(maas_stream *s, maas_token_cb on_token, maas_details_cb on_details,
@@ -671,7 +725,7 @@ maas_status maas_stream_run(maas_stream *s, maas_token_cb on_token, maas_details
         if (st == MAAS_OK) {
             if (on_token && on_token(tok, payload)) {
                 maas_error_set(&s->err, MAAS_ERR_CANCELLED, "cancelled by the token callback");
-                return fail(s, MAAS_ERR_CANCELLED);
+                return maas_stream_fail(s, MAAS_ERR_CANCELLED);
             }
             continue;
         }
@@ -679,8 +733,7 @@ maas_status maas_stream_run(maas_stream *s, maas_token_cb on_token, maas_details
             return st;
         if (on_details && on_details(&s->details, payload)) {
             maas_error_set(&s->err, MAAS_ERR_CANCELLED, "cancelled by the details callback");
-            s->state = S_FAILED;
-            return maas_error_publish(&s->err);
+            return maas_stream_fail(s, MAAS_ERR_CANCELLED);
         }
         return MAAS_OK;
     }
@@ -701,14 +754,19 @@ void maas_stream_cancel(maas_stream *s)
     if (!s)
         return;
     atomic_store(&s->cancel, 1);
-    maas_xfer_wakeup(&s->x);
+    if (s->multi)
+        maas_multi_note_cancel(s->multi);
+    else
+        maas_xfer_wakeup(&s->x);
 }
 
 void maas_stream_free(maas_stream *s)
 {
     if (!s)
         return;
-    drop_attempt(s);
+    if (s->multi)
+        maas_multi_forget(s);
+    maas_stream_drop_attempt(s);
     maas_xfer_cleanup(&s->x);
     maas_auth_release(&s->ticket);
     maas_ndjson_cleanup(&s->dec);

@@ -179,7 +179,8 @@ typedef struct maas_client_options {
     maas_log_level log_level;    /**< 0: off (MAAS_LOG from the environment still applies) */
     maas_log_cb log_cb;          /**< NULL: log to stderr */
     void *log_payload;           /**< passed to log_cb */
-    const char *user_agent_suffix; /**< appended to the User-Agent; at most 64 printable bytes */
+    const char *user_agent_suffix; /**< appended to the User-Agent; at most 64 bytes, no
+                                        control characters */
     int insecure_skip_tls_verify;  /**< nonzero disables TLS verification. Insecure: tests only */
 } maas_client_options;
 
@@ -393,6 +394,111 @@ MAAS_EXPORT void maas_stream_cancel(maas_stream *stream);
 
 /** Close and free a stream, aborting it if still running. NULL is a no-op. */
 MAAS_EXPORT void maas_stream_free(maas_stream *stream);
+
+/* ------------------------------------------------------------------ */
+/* Many streams on one thread                                          */
+/* ------------------------------------------------------------------ */
+
+/**
+ * A set of streams driven together by one thread: started without waiting,
+ * advanced by maas_multi_perform() + maas_multi_poll(), or plugged into an
+ * application's own event loop with the socket and timer callbacks below (in
+ * the manner of libcurl's multi-socket interface). One thread at a time
+ * drives a multi; maas_multi_wakeup() and maas_stream_cancel() may be called
+ * from any thread.
+ */
+typedef struct maas_multi maas_multi;
+
+/**
+ * Called once when a stream of a multi ends: MAAS_OK after its final
+ * message, else its failure (maas_stream_error() has the details). The
+ * stream has left the multi; it may be freed here or later.
+ */
+typedef void (*maas_done_cb)(maas_stream *stream, maas_status status, void *payload);
+
+/** A multi for `client`, which must outlive it. */
+MAAS_EXPORT maas_status maas_multi_new(maas_multi **out, maas_client *client);
+
+/**
+ * Free a multi. Streams still running are stopped (their connections closed,
+ * no callback called) and end with MAAS_ERR_CANCELLED; they must still be
+ * freed with maas_stream_free(). NULL is a no-op.
+ */
+MAAS_EXPORT void maas_multi_free(maas_multi *multi);
+
+/**
+ * Start a stream in the multi without waiting for the network: the request
+ * is checked, the model resolved and a token taken (a fetch, or the
+ * catalogue, when the client has none yet: once per token lifetime; call
+ * maas_client_authenticate() first to keep even that off the loop). Its
+ * callbacks run from inside maas_multi_perform() / maas_multi_socket_action():
+ * on_token per token (nonzero cancels), on_details once, then on_done once.
+ * Any callback may be NULL. `*out` stays valid until maas_stream_free().
+ */
+MAAS_EXPORT maas_status maas_multi_add(maas_stream **out, maas_multi *multi,
+                                       const maas_request *request, maas_token_cb on_token,
+                                       maas_details_cb on_details, maas_done_cb on_done,
+                                       void *payload);
+
+/**
+ * Do whatever can be done now without waiting: read what arrived, call the
+ * callbacks, start due retries, fire expired clocks. `running` (may be NULL)
+ * receives the number of streams not yet done.
+ */
+MAAS_EXPORT maas_status maas_multi_perform(maas_multi *multi, size_t *running);
+
+/**
+ * Wait up to `timeout_ms` (and no longer than the next clock of a stream)
+ * for network activity or maas_multi_wakeup(), then do the work as
+ * maas_multi_perform() does. `running` as there.
+ */
+MAAS_EXPORT maas_status maas_multi_poll(maas_multi *multi, int timeout_ms, size_t *running);
+
+/** Cut a maas_multi_poll() short, from any thread. */
+MAAS_EXPORT void maas_multi_wakeup(maas_multi *multi);
+
+/** Milliseconds until the multi needs driving even without activity; -1 when never. */
+MAAS_EXPORT long maas_multi_timeout(maas_multi *multi);
+
+/* Event-loop integration. */
+
+#define MAAS_POLL_IN 1     /**< wait for the socket to be readable */
+#define MAAS_POLL_OUT 2    /**< wait for the socket to be writable */
+#define MAAS_POLL_INOUT 3  /**< both */
+#define MAAS_POLL_REMOVE 4 /**< stop watching the socket */
+/** The `fd` to pass to maas_multi_socket_action() when the timer fires. */
+#define MAAS_SOCKET_TIMEOUT (-1)
+
+/**
+ * Told which socket to watch for what (MAAS_POLL_*). `socket_payload` is
+ * what maas_multi_assign() attached to the socket, NULL at first. Return 0.
+ */
+typedef int (*maas_socket_cb)(int fd, int what, void *payload, void *socket_payload);
+/**
+ * Told when to call maas_multi_socket_action(multi, MAAS_SOCKET_TIMEOUT, 0, ..):
+ * in `timeout_ms` milliseconds (0: at once); -1 removes the timer. Return 0.
+ */
+typedef int (*maas_timer_cb)(long timeout_ms, void *payload);
+
+/**
+ * Switch the multi to event-loop mode: from now on it reports sockets and
+ * its timer through these callbacks and is driven by
+ * maas_multi_socket_action() instead of perform/poll. Set both before adding
+ * streams.
+ */
+MAAS_EXPORT maas_status maas_multi_set_callbacks(maas_multi *multi, maas_socket_cb on_socket,
+                                                 maas_timer_cb on_timer, void *payload);
+
+/** Attach an application pointer to a socket, handed back to the socket callback. */
+MAAS_EXPORT maas_status maas_multi_assign(maas_multi *multi, int fd, void *socket_payload);
+
+/**
+ * The event loop saw `events` (MAAS_POLL_IN / MAAS_POLL_OUT, or 0 when it
+ * cannot tell) on `fd`, or the timer fired (fd MAAS_SOCKET_TIMEOUT): do the
+ * work, calling the stream callbacks. `running` as in maas_multi_perform().
+ */
+MAAS_EXPORT maas_status maas_multi_socket_action(maas_multi *multi, int fd, int events,
+                                                 size_t *running);
 
 #ifdef __cplusplus
 }

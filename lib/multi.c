@@ -1,0 +1,560 @@
+/*
+ * multi: many streams on one thread (see multi.h).
+ *
+ * Work happens in pump(), after libcurl has returned from perform or
+ * socket_action: finished transfers are noted, cancelled streams and streams
+ * with new bytes are advanced (their callbacks called), and streams whose
+ * clock is due are advanced too. Callbacks therefore never run inside a
+ * libcurl callback, and a stream's bytes are decoded right after they came.
+ *
+ * Clocks live in a min-heap keyed by each stream's earliest deadline. The
+ * idle clock moves later with every message, and the heap is not told: an
+ * entry that comes due early is simply put back with the stream's real
+ * deadline. So a token costs no heap work; a stream costs one heap operation
+ * per idle period.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "client.h"
+#include "clock.h"
+#include "log.h"
+#include "multi.h"
+#include "stream.h"
+
+struct maas_multi {
+    maas_client *c;
+    CURLM *cm;
+    maas_stream *streams;         /* every stream of the multi until freed */
+    size_t running;               /* streams whose on_done has not been called */
+    maas_stream *ready_head, *ready_tail;
+    maas_stream **heap;
+    int64_t *keys;
+    size_t heap_len, heap_cap;
+    atomic_int cancels;           /* maas_stream_cancel() calls not yet looked at */
+    maas_socket_cb on_socket;
+    maas_timer_cb on_timer;
+    void *cb_payload;
+    int64_t curl_due;             /* when libcurl wants a timeout action; INT64_MAX: never */
+    int64_t told_due;             /* what the application's timer was last set to */
+};
+
+/* ---- the ready list --------------------------------------------------------- */
+
+void maas_multi_mark_ready(maas_stream *s)
+{
+    maas_multi *m = s->multi;
+    if (!m || s->ready || s->finished)
+        return;
+    s->ready = 1;
+    s->rnext = NULL;
+    s->rprev = m->ready_tail;
+    if (m->ready_tail)
+        m->ready_tail->rnext = s;
+    else
+        m->ready_head = s;
+    m->ready_tail = s;
+}
+
+static void unready(maas_multi *m, maas_stream *s)
+{
+    if (!s->ready)
+        return;
+    if (s->rprev)
+        s->rprev->rnext = s->rnext;
+    else
+        m->ready_head = s->rnext;
+    if (s->rnext)
+        s->rnext->rprev = s->rprev;
+    else
+        m->ready_tail = s->rprev;
+    s->rprev = s->rnext = NULL;
+    s->ready = 0;
+}
+
+/* ---- the clock heap ------------------------------------------------------------ */
+
+static void heap_set(maas_multi *m, size_t i, maas_stream *s, int64_t key)
+{
+    m->heap[i] = s;
+    m->keys[i] = key;
+    s->heap_index = i;
+}
+
+static void sift_up(maas_multi *m, size_t i)
+{
+    maas_stream *s = m->heap[i];
+    int64_t key = m->keys[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (m->keys[parent] <= key)
+            break;
+        heap_set(m, i, m->heap[parent], m->keys[parent]);
+        i = parent;
+    }
+    heap_set(m, i, s, key);
+}
+
+static void sift_down(maas_multi *m, size_t i)
+{
+    maas_stream *s = m->heap[i];
+    int64_t key = m->keys[i];
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= m->heap_len)
+            break;
+        if (child + 1 < m->heap_len && m->keys[child + 1] < m->keys[child])
+            child++;
+        if (m->keys[child] >= key)
+            break;
+        heap_set(m, i, m->heap[child], m->keys[child]);
+        i = child;
+    }
+    heap_set(m, i, s, key);
+}
+
+static void heap_remove(maas_multi *m, maas_stream *s)
+{
+    size_t i = s->heap_index, last;
+    if (i == SIZE_MAX)
+        return;
+    s->heap_index = SIZE_MAX;
+    last = --m->heap_len;
+    if (i == last)
+        return;
+    heap_set(m, i, m->heap[last], m->keys[last]);
+    sift_up(m, i);
+    sift_down(m, m->heap[i]->heap_index);
+}
+
+/* Put the stream in the heap at its current earliest deadline (or take it out). */
+void maas_multi_track(maas_stream *s)
+{
+    maas_multi *m = s->multi;
+    int64_t key;
+    if (!m)
+        return;
+    key = s->finished ? INT64_MAX : maas_stream_next_deadline(s);
+    if (key == INT64_MAX) {
+        heap_remove(m, s);
+        return;
+    }
+    if (s->heap_index != SIZE_MAX) {
+        m->keys[s->heap_index] = key;
+        sift_up(m, s->heap_index);
+        sift_down(m, s->heap_index);
+        return;
+    }
+    if (m->heap_len == m->heap_cap) {
+        size_t cap = m->heap_cap ? m->heap_cap * 2 : 64;
+        maas_stream **h = realloc(m->heap, cap * sizeof *h);
+        int64_t *k;
+        if (!h)
+            return; /* the stream's clocks are still checked when it next has bytes */
+        m->heap = h;
+        k = realloc(m->keys, cap * sizeof *k);
+        if (!k)
+            return;
+        m->keys = k;
+        m->heap_cap = cap;
+    }
+    m->heap_len++;
+    heap_set(m, m->heap_len - 1, s, key);
+    sift_up(m, m->heap_len - 1);
+}
+
+/* ---- the application's timer ---------------------------------------------------- */
+
+static int64_t next_due(const maas_multi *m)
+{
+    int64_t due = m->curl_due;
+    if (m->heap_len && m->keys[0] < due)
+        due = m->keys[0];
+    return due;
+}
+
+static void tell_timer(maas_multi *m)
+{
+    int64_t due, now;
+    if (!m->on_timer)
+        return;
+    due = next_due(m);
+    if (due == m->told_due)
+        return;
+    m->told_due = due;
+    now = maas_now_ms();
+    m->on_timer(due == INT64_MAX ? -1L : due <= now ? 0L : (long)(due - now), m->cb_payload);
+}
+
+static int curl_timer(CURLM *cm, long timeout_ms, void *userp)
+{
+    maas_multi *m = userp;
+    (void)cm;
+    m->curl_due = timeout_ms < 0 ? INT64_MAX : maas_now_ms() + timeout_ms;
+    tell_timer(m);
+    return 0;
+}
+
+static int curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    maas_multi *m = userp;
+    (void)easy;
+    /* CURL_POLL_* and MAAS_POLL_* share their values (checked below). */
+    return m->on_socket ? m->on_socket((int)fd, what, m->cb_payload, socketp) : 0;
+}
+
+#if CURL_POLL_IN != MAAS_POLL_IN || CURL_POLL_OUT != MAAS_POLL_OUT || \
+    CURL_POLL_INOUT != MAAS_POLL_INOUT || CURL_POLL_REMOVE != MAAS_POLL_REMOVE
+#error "MAAS_POLL_* must equal CURL_POLL_*"
+#endif
+
+/* ---- advancing streams ---------------------------------------------------------- */
+
+static void finish(maas_multi *m, maas_stream *s, maas_status st)
+{
+    unready(m, s);
+    heap_remove(m, s);
+    s->finished = 1;
+    m->running--;
+    if (s->on_done)
+        s->on_done(s, st, s->payload); /* the stream may be freed in there */
+}
+
+/* Hand out everything the stream has now; finish it when it is over. */
+static void dispatch(maas_multi *m, maas_stream *s)
+{
+    const maas_token *tok;
+    maas_status st;
+
+    unready(m, s);
+    if (s->finished)
+        return;
+    for (;;) {
+        st = maas_stream_advance(s, &tok, 0);
+        if (st == MAAS_OK) {
+            if (s->on_token && s->on_token(tok, s->payload))
+                atomic_store(&s->cancel, 1); /* the next advance fails it, buffered tokens unsent */
+            continue;
+        }
+        if (st == MAAS_PENDING) {
+            maas_multi_track(s);
+            return;
+        }
+        if (st == MAAS_DONE) {
+            if (!s->details_reported) {
+                s->details_reported = 1;
+                if (s->on_details && s->on_details(&s->details, s->payload)) {
+                    maas_error_set(&s->err, MAAS_ERR_CANCELLED, "cancelled by the details callback");
+                    finish(m, s, maas_stream_fail(s, MAAS_ERR_CANCELLED));
+                    return;
+                }
+            }
+            /* The final message is in; wait (briefly) for the transfer to end so
+             * that its connection can serve the next stream. */
+            if (!maas_stream_settled(s)) {
+                maas_multi_track(s);
+                return;
+            }
+            finish(m, s, MAAS_OK);
+            return;
+        }
+        finish(m, s, st);
+        return;
+    }
+}
+
+static void pump(maas_multi *m)
+{
+    CURLMsg *msg;
+    int left;
+    size_t rounds;
+
+    /* Callbacks may start or cancel streams; a few rounds settle what they did. */
+    for (rounds = 0; rounds < 8; rounds++) {
+        int64_t now;
+        int worked = 0;
+
+        while ((msg = curl_multi_info_read(m->cm, &left)) != NULL) {
+            maas_stream *s = NULL;
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
+            if (!s)
+                continue;
+            s->x.done = 1;
+            s->x.result = msg->data.result;
+            maas_multi_mark_ready(s);
+        }
+        if (atomic_exchange(&m->cancels, 0) > 0) {
+            maas_stream *s;
+            for (s = m->streams; s; s = s->next)
+                if (!s->finished && atomic_load(&s->cancel))
+                    maas_multi_mark_ready(s);
+        }
+        while (m->ready_head) {
+            dispatch(m, m->ready_head);
+            worked = 1;
+        }
+        now = maas_now_ms();
+        while (m->heap_len && m->keys[0] <= now) {
+            maas_stream *s = m->heap[0];
+            int64_t real = maas_stream_next_deadline(s);
+            if (real > now) {
+                /* Put back at its real deadline: the idle clock moved on. */
+                m->keys[0] = real;
+                sift_down(m, 0);
+                continue;
+            }
+            heap_remove(m, s);
+            dispatch(m, s);
+            worked = 1;
+        }
+        if (!worked && !m->ready_head && atomic_load(&m->cancels) == 0)
+            break;
+    }
+    tell_timer(m);
+}
+
+/* ---- public ------------------------------------------------------------------- */
+
+maas_status maas_multi_new(maas_multi **out, maas_client *client)
+{
+    maas_multi *m;
+    if (!out)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (!client)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "client is NULL");
+    m = calloc(1, sizeof *m);
+    if (!m)
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a multi");
+    m->c = client;
+    m->curl_due = INT64_MAX;
+    m->told_due = INT64_MAX;
+    atomic_init(&m->cancels, 0);
+    m->cm = curl_multi_init();
+    if (!m->cm) {
+        free(m);
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a curl multi handle");
+    }
+    *out = m;
+    return MAAS_OK;
+}
+
+void maas_multi_free(maas_multi *m)
+{
+    maas_stream *s, *next;
+    if (!m)
+        return;
+    for (s = m->streams; s; s = next) {
+        next = s->next;
+        /* Out of the multi for good: its easy handle leaves while the multi lives. */
+        maas_stream_drop_attempt(s);
+        if (!s->finished && s->state != S_FAILED && s->state != S_DONE) {
+            maas_error_set(&s->err, MAAS_ERR_CANCELLED, "its maas_multi was freed");
+            s->err.pub.status = MAAS_ERR_CANCELLED;
+            s->state = S_FAILED;
+        }
+        s->multi = NULL;
+        s->own.multi = NULL;
+        s->prev = s->next = NULL;
+        s->heap_index = SIZE_MAX;
+        s->ready = 0;
+    }
+    curl_multi_cleanup(m->cm);
+    free(m->heap);
+    free(m->keys);
+    free(m);
+}
+
+void maas_multi_forget(maas_stream *s)
+{
+    maas_multi *m = s->multi;
+    unready(m, s);
+    heap_remove(m, s);
+    maas_stream_drop_attempt(s);
+    if (!s->finished)
+        m->running--;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        m->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    s->multi = NULL;
+}
+
+void maas_multi_note_cancel(maas_multi *m)
+{
+    atomic_fetch_add(&m->cancels, 1);
+    curl_multi_wakeup(m->cm);
+}
+
+maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request *request,
+                           maas_token_cb on_token, maas_details_cb on_details, maas_done_cb on_done,
+                           void *payload)
+{
+    maas_error_rec err;
+    maas_stream *s;
+    const maas_token *tok;
+    maas_status st;
+
+    if (!out)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (!m || !request)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "%s is NULL", m ? "request" : "multi");
+    maas_error_clear(&err);
+    st = maas_stream_create(&s, m->c, request, &err);
+    if (st != MAAS_OK)
+        return maas_error_publish(&err);
+    s->own.multi = m->cm;
+    s->own.easy = curl_easy_init();
+    if (!s->own.easy) {
+        maas_stream_free(s);
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a curl handle");
+    }
+    maas_xfer_init_external(&s->x, m->c, &s->cancel, &s->own);
+    s->on_token = on_token;
+    s->on_details = on_details;
+    s->on_done = on_done;
+    s->payload = payload;
+    s->multi = m;
+    s->next = m->streams;
+    if (m->streams)
+        m->streams->prev = s;
+    m->streams = s;
+    m->running++;
+
+    /* The first attempt starts now; only its failure to start is reported here. */
+    st = maas_stream_advance(s, &tok, 0);
+    if (st != MAAS_PENDING) {
+        maas_error_rec copy;
+        maas_error_copy(&copy, &s->err);
+        maas_stream_free(s);
+        return maas_error_publish(&copy);
+    }
+    maas_multi_track(s);
+    tell_timer(m);
+    *out = s;
+    return MAAS_OK;
+}
+
+static maas_status curl_failed(CURLMcode mc)
+{
+    return maas_fail(mc == CURLM_OUT_OF_MEMORY ? MAAS_ERR_NO_MEMORY : MAAS_ERR_INTERNAL,
+                     "libcurl multi: %s", curl_multi_strerror(mc));
+}
+
+maas_status maas_multi_perform(maas_multi *m, size_t *running)
+{
+    int still = 0;
+    CURLMcode mc;
+    if (!m)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "multi is NULL");
+    if (m->on_socket)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
+                         "the multi is in event-loop mode: use maas_multi_socket_action");
+    mc = curl_multi_perform(m->cm, &still);
+    if (mc != CURLM_OK)
+        return curl_failed(mc);
+    pump(m);
+    if (running)
+        *running = m->running;
+    return MAAS_OK;
+}
+
+long maas_multi_timeout(maas_multi *m)
+{
+    long curl_ms = -1;
+    int64_t due, now = maas_now_ms();
+    if (!m)
+        return -1;
+    if (!m->on_socket && curl_multi_timeout(m->cm, &curl_ms) == CURLM_OK && curl_ms >= 0)
+        m->curl_due = now + curl_ms;
+    else if (!m->on_socket)
+        m->curl_due = INT64_MAX;
+    due = next_due(m);
+    if (due == INT64_MAX)
+        return -1;
+    return due <= now ? 0 : (long)(due - now);
+}
+
+maas_status maas_multi_poll(maas_multi *m, int timeout_ms, size_t *running)
+{
+    long ours;
+    CURLMcode mc;
+    if (!m)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "multi is NULL");
+    if (m->on_socket)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
+                         "the multi is in event-loop mode: use maas_multi_socket_action");
+    ours = maas_multi_timeout(m);
+    if (ours >= 0 && ours < timeout_ms)
+        timeout_ms = (int)ours;
+    if (timeout_ms > 0 && !m->ready_head) {
+        mc = curl_multi_poll(m->cm, NULL, 0, timeout_ms, NULL);
+        if (mc != CURLM_OK)
+            return curl_failed(mc);
+    }
+    return maas_multi_perform(m, running);
+}
+
+void maas_multi_wakeup(maas_multi *m)
+{
+    if (m)
+        curl_multi_wakeup(m->cm);
+}
+
+maas_status maas_multi_set_callbacks(maas_multi *m, maas_socket_cb on_socket,
+                                     maas_timer_cb on_timer, void *payload)
+{
+    if (!m || !on_socket || !on_timer)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "multi, on_socket and on_timer are required");
+    if (m->streams)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "set the callbacks before adding streams");
+    m->on_socket = on_socket;
+    m->on_timer = on_timer;
+    m->cb_payload = payload;
+    if (curl_multi_setopt(m->cm, CURLMOPT_SOCKETFUNCTION, curl_socket) ||
+        curl_multi_setopt(m->cm, CURLMOPT_SOCKETDATA, m) ||
+        curl_multi_setopt(m->cm, CURLMOPT_TIMERFUNCTION, curl_timer) ||
+        curl_multi_setopt(m->cm, CURLMOPT_TIMERDATA, m))
+        return maas_fail(MAAS_ERR_INTERNAL, "could not set libcurl's multi callbacks");
+    return MAAS_OK;
+}
+
+maas_status maas_multi_assign(maas_multi *m, int fd, void *socket_payload)
+{
+    CURLMcode mc;
+    if (!m)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "multi is NULL");
+    mc = curl_multi_assign(m->cm, (curl_socket_t)fd, socket_payload);
+    return mc == CURLM_OK ? MAAS_OK : curl_failed(mc);
+}
+
+maas_status maas_multi_socket_action(maas_multi *m, int fd, int events, size_t *running)
+{
+    int still = 0, mask = 0;
+    CURLMcode mc;
+    if (!m)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "multi is NULL");
+    if (events & MAAS_POLL_IN)
+        mask |= CURL_CSELECT_IN;
+    if (events & MAAS_POLL_OUT)
+        mask |= CURL_CSELECT_OUT;
+    if (fd == MAAS_SOCKET_TIMEOUT)
+        m->told_due = INT64_MAX; /* the timer fired: the next one must be told again */
+    mc = curl_multi_socket_action(m->cm, fd == MAAS_SOCKET_TIMEOUT ? CURL_SOCKET_TIMEOUT
+                                                                   : (curl_socket_t)fd,
+                                  mask, &still);
+    if (mc != CURLM_OK)
+        return curl_failed(mc);
+    pump(m);
+    if (running)
+        *running = m->running;
+    return MAAS_OK;
+}

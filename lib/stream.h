@@ -1,0 +1,102 @@
+/*
+ * stream: the state of one generation and the engine that advances it, for
+ * stream.c (the blocking iterator) and multi.c (many streams on one thread).
+ */
+#ifndef MAAS_LIB_STREAM_H
+#define MAAS_LIB_STREAM_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "auth.h"
+#include "error.h"
+#include "http.h"
+#include "ndjson.h"
+
+/* The body of a non-200 answer kept for its error message. */
+#define ERROR_BODY_MAX (64 * 1024)
+
+/* maas_stream_advance() without blocking: nothing to hand out until more
+ * bytes, the end of the transfer or a clock. Never returned to callers. */
+#define MAAS_PENDING ((maas_status)1000)
+
+typedef enum stream_state {
+    S_NEW,           /* opened, no attempt yet */
+    S_RUNNING,       /* an attempt is under way */
+    S_BACKOFF,       /* waiting until wake_at before the next attempt */
+    S_FINAL_PENDING, /* the final message's token was handed out; MAAS_DONE is next */
+    S_DONE,
+    S_FAILED
+} stream_state;
+
+struct maas_multi;
+
+struct maas_stream {
+    maas_client *c;
+    maas_xfer x;
+    atomic_int cancel;
+    stream_state state;
+
+    char *url;
+    char *body;
+    size_t body_len;
+    struct curl_slist *headers;  /* the fixed ones; the token is added per attempt */
+    struct curl_slist *auth;     /* this attempt's token node, wiped when dropped */
+    maas_auth_ticket ticket;
+
+    maas_ndjson dec;
+    maas_http_meta meta;
+    long http_status;
+    char *error_body;
+    size_t error_len;
+    maas_status write_status;    /* a decoder failure seen while receiving */
+
+    unsigned attempts, retries;
+    int replayed;
+    int sent;                    /* the current attempt reached the network */
+    int64_t wake_at;             /* S_BACKOFF: monotonic ms of the next attempt */
+    size_t tokens;               /* delivered to the caller */
+    maas_token token;
+
+    maas_details details;
+    char *final_text;            /* the final message's token text, kept past the decoder */
+    char *finish_name;
+    char *generated_text;
+    char request_id[MAAS_REQUEST_ID_MAX];
+
+    maas_error_rec err;
+
+    /* A stream of a maas_multi: its own easy handle in the multi's handle. */
+    struct maas_multi *multi;
+    maas_channel own;
+    maas_token_cb on_token;
+    maas_details_cb on_details;
+    maas_done_cb on_done;
+    void *payload;
+    struct maas_stream *prev, *next;        /* the multi's streams, until freed */
+    struct maas_stream *rprev, *rnext;      /* the multi's ready list */
+    int ready;
+    int details_reported;                   /* on_details was called */
+    int finished;                           /* on_done was called */
+    size_t heap_index;                      /* position in the multi's timer heap, or SIZE_MAX */
+};
+
+/* Validate the request, resolve the model, build the body, take a token. */
+maas_status maas_stream_create(maas_stream **out, maas_client *c, const maas_request *r,
+                               maas_error_rec *err);
+/*
+ * The engine: the next token (MAAS_OK), the end (MAAS_DONE), a failure, or,
+ * when !block, MAAS_PENDING. A multi stream is only ever advanced with
+ * block = 0 by its multi.
+ */
+maas_status maas_stream_advance(maas_stream *s, const maas_token **out, int block);
+/* The earliest moment a clock of the stream may fire (INT64_MAX: none). */
+int64_t maas_stream_next_deadline(const maas_stream *s);
+/* A finished multi stream's transfer is over (or was given up): its connection may be kept. */
+int maas_stream_settled(maas_stream *s);
+/* Mark the stream failed with `st` (err already describes it); returns st. */
+maas_status maas_stream_fail(maas_stream *s, maas_status st);
+/* Release what the current attempt holds (the easy handle leaves its multi). */
+void maas_stream_drop_attempt(maas_stream *s);
+
+#endif

@@ -1,0 +1,490 @@
+/*
+ * Integration: many streams on one thread (maas_multi), driven both by
+ * perform/poll and through the socket/timer callbacks of an event loop,
+ * against the emulator: every stream completes with the right text and
+ * status, clocks and retries work without blocking, cancellation and freeing
+ * mid-flight leave nothing behind.
+ */
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+static emu E;
+
+#define MISTRAL "mistralai/Mistral-7B-Instruct-v0.1"
+
+struct one {
+    char text[4096];
+    size_t len;
+    size_t tokens;
+    char generated[4096];
+    size_t generated_len;
+    int details;
+    int done;
+    maas_status status;
+    int cancel_after;
+    int free_in_done;
+};
+
+static int on_token(const maas_token *t, void *p)
+{
+    struct one *o = p;
+    o->tokens++;
+    if (!t->special && o->len + t->text_len < sizeof o->text) {
+        memcpy(o->text + o->len, t->text, t->text_len);
+        o->len += t->text_len;
+    }
+    return o->cancel_after && (int)o->tokens >= o->cancel_after;
+}
+
+static int on_details(const maas_details *d, void *p)
+{
+    struct one *o = p;
+    o->details++;
+    o->generated_len = d->generated_text_len < sizeof o->generated ? d->generated_text_len : 0;
+    memcpy(o->generated, d->generated_text, o->generated_len);
+    return 0;
+}
+
+static void on_done(maas_stream *s, maas_status st, void *p)
+{
+    struct one *o = p;
+    o->done++;
+    o->status = st;
+    if (o->free_in_done)
+        maas_stream_free(s);
+}
+
+static maas_client *client_with(long idle_ms, long deadline_ms, int retries)
+{
+    maas_client_options o;
+    maas_client *c = NULL;
+    emu_options(&E, &o);
+    o.idle_timeout_ms = idle_ms;
+    o.deadline_ms = deadline_ms;
+    o.max_retries = retries;
+    o.retry_base_ms = 10;
+    assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
+    return c;
+}
+
+static maas_stream *add(maas_multi *m, const char *prompt, int max_tokens, struct one *o)
+{
+    maas_request r = MAAS_REQUEST_INIT;
+    maas_stream *s = NULL;
+    r.model = MISTRAL;
+    r.prompt = prompt;
+    r.max_new_tokens = max_tokens;
+    assert_int_equal(maas_multi_add(&s, m, &r, on_token, on_details, on_done, o), MAAS_OK);
+    assert_non_null(s);
+    return s;
+}
+
+/* Drive with perform/poll until every stream is done (bounded, to catch hangs). */
+static void run_poll(maas_multi *m)
+{
+    size_t running = 1;
+    int rounds = 0;
+    assert_int_equal(maas_multi_perform(m, &running), MAAS_OK);
+    while (running > 0) {
+        assert_int_equal(maas_multi_poll(m, 1000, &running), MAAS_OK);
+        assert_true(++rounds < 100000);
+    }
+}
+
+static void finish(maas_client *c)
+{
+    maas_client_free(c);
+    assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
+}
+
+static int reset(void **state)
+{
+    (void)state;
+    return emu_post(&E, "/emulator/reset", NULL) == 200 ? 0 : -1;
+}
+
+/* ---- perform / poll ------------------------------------------------------------- */
+
+static void test_many_streams_poll(void **state)
+{
+    enum { N = 64 };
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    maas_stream *s[N];
+    struct one *o = calloc(N, sizeof *o);
+    char prompt[64];
+    int i;
+    (void)state;
+    assert_non_null(o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    for (i = 0; i < N; i++) {
+        snprintf(prompt, sizeof prompt, "stream %d [[fault:delay=5]]", i);
+        s[i] = add(m, prompt, 20, &o[i]);
+    }
+    run_poll(m);
+    for (i = 0; i < N; i++) {
+        assert_int_equal(o[i].done, 1);
+        assert_int_equal(o[i].status, MAAS_OK);
+        assert_int_equal(o[i].details, 1);
+        assert_int_equal(o[i].tokens, 20);
+        assert_int_equal(o[i].len, o[i].generated_len);
+        assert_memory_equal(o[i].text, o[i].generated, o[i].len);
+        assert_non_null(maas_stream_details(s[i]));
+        assert_int_equal(maas_stream_details(s[i])->attempts, 1);
+        maas_stream_free(s[i]);
+    }
+    assert_int_equal(emu_stat(&E, "generations"), N);
+    assert_int_equal(emu_stat(&E, "token_requests"), 1);
+    maas_multi_free(m);
+    free(o);
+    finish(c);
+}
+
+static void test_sequential_streams_reuse_connections(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o[3];
+    int i;
+    (void)state;
+    memset(o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    for (i = 0; i < 3; i++) {
+        o[i].free_in_done = 1; /* freeing a stream in its own on_done is allowed */
+        add(m, "Tell me a joke", 5, &o[i]);
+        run_poll(m);
+        assert_int_equal(o[i].status, MAAS_OK);
+    }
+    /* One for the token (pooled channel), one kept by the multi for all three streams. */
+    assert_int_equal(emu_stat(&E, "connections_opened"), 2);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_faults_in_a_multi(void **state)
+{
+    maas_client *c = client_with(400, 0, 2);
+    maas_multi *m = NULL;
+    struct one o[5];
+    maas_stream *s[5];
+    (void)state;
+    memset(o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    /* The next two requests get a 503, whichever streams send them: two
+     * retries on backoff timers, and every stream still ends as its fault says. */
+    assert_int_equal(emu_fault(&E, "/v1/maas/generatestream", "status=503", 2), 200);
+    s[0] = add(m, "Tell me a joke", 5, &o[0]);
+    s[1] = add(m, "Tell me [[fault:error-after=3]]", 10, &o[1]);
+    s[2] = add(m, "Tell me [[fault:drop-after=4]]", 10, &o[2]);
+    s[3] = add(m, "Tell me [[fault:stall-after=2]]", 10, &o[3]); /* idle clock */
+    s[4] = add(m, "Tell me [[fault:malformed-after=1]]", 10, &o[4]);
+    run_poll(m);
+    assert_int_equal(o[0].status, MAAS_OK);
+    assert_int_equal(maas_client_counter(c, MAAS_COUNTER_RETRIES), 2);
+    assert_int_equal(o[1].status, MAAS_ERR_STREAM);
+    assert_int_equal(o[1].tokens, 3);
+    assert_int_equal(maas_stream_error(s[1])->grpc_code, 14);
+    assert_int_equal(o[2].status, MAAS_ERR_TRUNCATED);
+    assert_int_equal(o[2].tokens, 4);
+    assert_int_equal(o[3].status, MAAS_ERR_IDLE_TIMEOUT);
+    assert_int_equal(o[3].tokens, 2);
+    assert_int_equal(o[4].status, MAAS_ERR_PROTOCOL);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(o[i].done, 1);
+        maas_stream_free(s[i]);
+    }
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_deadline_in_a_multi(void **state)
+{
+    maas_client *c = client_with(0, 300, 0);
+    maas_multi *m = NULL;
+    struct one o;
+    maas_stream *s;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    s = add(m, "Tell me [[fault:delay=50]]", 100, &o);
+    run_poll(m);
+    assert_int_equal(o.status, MAAS_ERR_DEADLINE);
+    assert_true(o.tokens > 0 && o.tokens < 100);
+    maas_stream_free(s);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_cancel_from_callback(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o[2];
+    maas_stream *s[2];
+    (void)state;
+    memset(o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    o[0].cancel_after = 3;
+    s[0] = add(m, "Tell me [[fault:coalesce]]", 30, &o[0]);
+    s[1] = add(m, "Tell me a joke", 30, &o[1]);
+    run_poll(m);
+    /* All 30 tokens arrive in one write, yet none is handed out after the cancel. */
+    assert_int_equal(o[0].status, MAAS_ERR_CANCELLED);
+    assert_int_equal(o[0].tokens, 3);
+    assert_int_equal(o[0].details, 0);
+    assert_int_equal(o[1].status, MAAS_OK); /* the other stream is untouched */
+    maas_stream_free(s[0]);
+    maas_stream_free(s[1]);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void *cancel_thread(void *p)
+{
+    maas_stream_cancel(p);
+    return NULL;
+}
+
+static void test_cancel_from_another_thread(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o;
+    maas_stream *s;
+    pthread_t t;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    s = add(m, "Tell me [[fault:stall-after=1]]", 10, &o);
+    assert_int_equal(pthread_create(&t, NULL, cancel_thread, s), 0);
+    run_poll(m); /* a poll blocked on the stall is woken by the cancel */
+    pthread_join(t, NULL);
+    assert_int_equal(o.status, MAAS_ERR_CANCELLED);
+    maas_stream_free(s);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_free_multi_with_running_streams(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o[2];
+    maas_stream *s[2];
+    const maas_token *t;
+    (void)state;
+    memset(o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    s[0] = add(m, "Tell me [[fault:stall-after=1]]", 10, &o[0]);
+    s[1] = add(m, "Tell me [[fault:delay=100]]", 10, &o[1]);
+    assert_int_equal(maas_multi_poll(m, 50, NULL), MAAS_OK);
+    maas_multi_free(m);
+    /* The streams outlive their multi as failed handles; no callback ran for them. */
+    assert_int_equal(o[0].done, 0);
+    assert_int_equal(maas_stream_error(s[0])->status, MAAS_ERR_CANCELLED);
+    assert_int_equal(maas_stream_next(s[1], &t), MAAS_ERR_CANCELLED);
+    maas_stream_cancel(s[0]); /* harmless */
+    maas_stream_free(s[0]);
+    maas_stream_free(s[1]);
+    finish(c);
+}
+
+static void test_misuse(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    maas_stream *s = NULL;
+    maas_request r = MAAS_REQUEST_INIT;
+    struct one o;
+    const maas_token *t;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    /* A bad request fails at once, with no callback. */
+    r.model = MISTRAL;
+    r.prompt = "x";
+    assert_int_equal(maas_multi_add(&s, m, &r, on_token, on_details, on_done, &o),
+                     MAAS_ERR_INVALID_ARGUMENT);
+    assert_null(s);
+    assert_int_equal(o.done, 0);
+    s = add(m, "Tell me a joke", 3, &o);
+    /* A multi's stream is driven by its multi only. */
+    assert_int_equal(maas_stream_next(s, &t), MAAS_ERR_INVALID_ARGUMENT);
+    assert_int_equal(maas_multi_socket_action(NULL, 0, 0, NULL), MAAS_ERR_INVALID_ARGUMENT);
+    run_poll(m);
+    assert_int_equal(o.status, MAAS_OK);
+    maas_stream_free(s);
+    maas_multi_free(m);
+    maas_multi_free(NULL);
+    finish(c);
+}
+
+/* ---- an application's event loop: poll(2) with the socket and timer callbacks ---- */
+
+struct loop {
+    struct pollfd fds[4096];
+    int nfds;
+    long timer_ms; /* -1: none */
+    struct timespec timer_set;
+    int socket_calls, timer_calls;
+};
+
+static int loop_socket(int fd, int what, void *payload, void *socket_payload)
+{
+    struct loop *l = payload;
+    int i;
+    (void)socket_payload;
+    l->socket_calls++;
+    for (i = 0; i < l->nfds && l->fds[i].fd != fd; i++)
+        ;
+    if (what == MAAS_POLL_REMOVE) {
+        if (i < l->nfds)
+            l->fds[i] = l->fds[--l->nfds];
+        return 0;
+    }
+    if (i == l->nfds) {
+        if (l->nfds == (int)(sizeof l->fds / sizeof l->fds[0]))
+            return -1;
+        l->nfds++;
+    }
+    l->fds[i].fd = fd;
+    l->fds[i].events = (short)(((what & MAAS_POLL_IN) ? POLLIN : 0) |
+                               ((what & MAAS_POLL_OUT) ? POLLOUT : 0));
+    return 0;
+}
+
+static int loop_timer(long timeout_ms, void *payload)
+{
+    struct loop *l = payload;
+    l->timer_calls++;
+    l->timer_ms = timeout_ms;
+    clock_gettime(CLOCK_MONOTONIC, &l->timer_set);
+    return 0;
+}
+
+static long timer_left(const struct loop *l)
+{
+    struct timespec now;
+    long elapsed;
+    if (l->timer_ms < 0)
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    elapsed = (now.tv_sec - l->timer_set.tv_sec) * 1000 +
+              (now.tv_nsec - l->timer_set.tv_nsec) / 1000000;
+    return l->timer_ms > elapsed ? l->timer_ms - elapsed : 0;
+}
+
+static void run_loop(maas_multi *m, struct loop *l)
+{
+    size_t running = 1;
+    int rounds = 0;
+    while (running > 0) {
+        long wait = timer_left(l);
+        int n, i;
+        assert_true(++rounds < 1000000);
+        n = poll(l->fds, (nfds_t)l->nfds, (int)(wait < 0 ? 1000 : wait));
+        assert_true(n >= 0);
+        if (n == 0) {
+            l->timer_ms = -1;
+            assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running), MAAS_OK);
+            continue;
+        }
+        for (i = 0; i < l->nfds; i++) {
+            int ev = 0, fd = l->fds[i].fd;
+            if (!l->fds[i].revents)
+                continue;
+            if (l->fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+                ev |= MAAS_POLL_IN;
+            if (l->fds[i].revents & POLLOUT)
+                ev |= MAAS_POLL_OUT;
+            l->fds[i].revents = 0;
+            assert_int_equal(maas_multi_socket_action(m, fd, ev, &running), MAAS_OK);
+        }
+        if (timer_left(l) == 0) {
+            l->timer_ms = -1;
+            assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running), MAAS_OK);
+        }
+    }
+}
+
+static void test_event_loop(void **state)
+{
+    enum { N = 100 };
+    maas_client *c = client_with(500, 0, 2);
+    maas_multi *m = NULL;
+    struct loop *l = calloc(1, sizeof *l);
+    struct one *o = calloc(N + 1, sizeof *o);
+    maas_stream *s[N + 1];
+    char prompt[64];
+    int i;
+    (void)state;
+    assert_non_null(l);
+    assert_non_null(o);
+    l->timer_ms = -1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    /* perform/poll belong to the other mode. */
+    assert_int_equal(maas_multi_perform(m, NULL), MAAS_ERR_INVALID_ARGUMENT);
+    for (i = 0; i < N; i++) {
+        snprintf(prompt, sizeof prompt, "loop %d [[fault:delay=3]]", i);
+        s[i] = add(m, prompt, 15, &o[i]);
+    }
+    /* One that trips its idle clock: the timer callback must carry it. */
+    s[N] = add(m, "Tell me [[fault:stall-after=1]]", 15, &o[N]);
+    run_loop(m, l);
+    for (i = 0; i < N; i++) {
+        assert_int_equal(o[i].status, MAAS_OK);
+        assert_int_equal(o[i].tokens, 15);
+        assert_memory_equal(o[i].text, o[i].generated, o[i].len);
+        maas_stream_free(s[i]);
+    }
+    assert_int_equal(o[N].status, MAAS_ERR_IDLE_TIMEOUT);
+    maas_stream_free(s[N]);
+    assert_true(l->socket_calls > 0 && l->timer_calls > 0);
+    maas_multi_free(m);
+    assert_int_equal(l->nfds, 0); /* every socket was handed back */
+    free(o);
+    free(l);
+    finish(c);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    return emu_start(&E, NULL);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    return emu_stop(&E);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_many_streams_poll, reset),
+        cmocka_unit_test_setup(test_sequential_streams_reuse_connections, reset),
+        cmocka_unit_test_setup(test_faults_in_a_multi, reset),
+        cmocka_unit_test_setup(test_deadline_in_a_multi, reset),
+        cmocka_unit_test_setup(test_cancel_from_callback, reset),
+        cmocka_unit_test_setup(test_cancel_from_another_thread, reset),
+        cmocka_unit_test_setup(test_free_multi_with_running_streams, reset),
+        cmocka_unit_test_setup(test_misuse, reset),
+        cmocka_unit_test_setup(test_event_loop, reset),
+    };
+    return cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown);
+}
