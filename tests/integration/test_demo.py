@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from emu import Emulator  # noqa: E402
 
 DEMO = os.environ.get("MAAS_DEMO")
+EXAMPLES = os.path.dirname(DEMO) if DEMO else None
 GUIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guide_client.py")
 PROMPT = ("Write a poem about programming, in four lines and two stanzas, which uses iambic "
           "pentameter in rhyming couplets.")
@@ -65,6 +66,27 @@ class Demo(unittest.TestCase):
         self.assertIn("Authentication failed: invalid_client", p.stdout)
         self.assertIn("Failed to list models: invalid_client", p.stdout)
         self.assertNotIn("wrong", p.stdout + p.stderr)
+
+    def run_example(self, name, *args):
+        path = os.path.join(EXAMPLES, name)
+        if not os.path.exists(path):
+            self.skipTest(name + " was not built (its optional dependency is missing)")
+        return subprocess.run([path, *args], capture_output=True, text=True,
+                              env=self.emu.env(), timeout=120)
+
+    def test_multi_poll_example(self):
+        p = self.run_example("maas-multi-poll", "40")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("40 streams finished, 0 failed", p.stdout)
+        s = self.emu.stats()
+        self.assertEqual(s["generations"], 40)
+        self.assertEqual(s["token_requests"], 1)
+
+    def test_multi_uv_example(self):
+        p = self.run_example("maas-multi-uv", "40")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("40 streams finished, 0 failed", p.stdout)
+        self.assertEqual(self.emu.stats()["generations"], 40)
 
     def test_guide_script_against_emulator(self):
         # The product's own Python client, run by Debian's python3 with requests.

@@ -402,16 +402,21 @@ static void run_loop(maas_multi *m, struct loop *l)
             assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running), MAAS_OK);
             continue;
         }
-        for (i = 0; i < l->nfds; i++) {
-            int ev = 0, fd = l->fds[i].fd;
-            if (!l->fds[i].revents)
-                continue;
-            if (l->fds[i].revents & (POLLIN | POLLHUP | POLLERR))
-                ev |= MAAS_POLL_IN;
-            if (l->fds[i].revents & POLLOUT)
-                ev |= MAAS_POLL_OUT;
-            l->fds[i].revents = 0;
-            assert_int_equal(maas_multi_socket_action(m, fd, ev, &running), MAAS_OK);
+        {
+            /* Copy what fired first: the socket callback edits l->fds while we act. */
+            struct pollfd fired[4096];
+            int k = 0;
+            for (i = 0; i < l->nfds; i++)
+                if (l->fds[i].revents)
+                    fired[k++] = l->fds[i];
+            for (i = 0; i < k; i++) {
+                int ev = 0;
+                if (fired[i].revents & (POLLIN | POLLHUP | POLLERR))
+                    ev |= MAAS_POLL_IN;
+                if (fired[i].revents & POLLOUT)
+                    ev |= MAAS_POLL_OUT;
+                assert_int_equal(maas_multi_socket_action(m, fired[i].fd, ev, &running), MAAS_OK);
+            }
         }
         if (timer_left(l) == 0) {
             l->timer_ms = -1;
