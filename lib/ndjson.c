@@ -6,7 +6,9 @@
  *                          on the unterminated tail;
  *   2. framing    (next):  find the next complete line, strip "\r", skip
  *                          blank lines, enforce the cap on complete lines;
- *   3. decoding   (decode_line): one line (pointer, length) -> maas_msg.
+ *   3. decoding   (decode_line): one line (pointer, length) -> maas_msg:
+ *                          the token-line scanner (scan.h) first, jansson
+ *                          for whatever it declines.
  *
  * Buffer policy. Pending bytes are [start, len). When everything has been
  * consumed, start and len drop to 0 for free. Otherwise bytes move only when
@@ -77,6 +79,7 @@ void maas_ndjson_cleanup(maas_ndjson *d)
     size_t max_line = d->max_line;
     release_held(d);
     free(d->buf);
+    maas_scan_buf_free(&d->scan);
     maas_ndjson_init(d, max_line);
 }
 
@@ -264,15 +267,22 @@ maas_status maas_ndjson_feed(maas_ndjson *d, const char *data, size_t len)
 
 /*
  * Decode one complete, non-blank line (terminator removed) into *out and
- * hold its tree. The single entry point for line decoding: a faster
- * decoder for token lines goes in front of jansson here.
+ * hold its tree. The single entry point for line decoding. Token lines take
+ * the scanner: no tree, so nothing is held (the previous tree is already
+ * released), and the message's strings point into the consumed line (which
+ * the scanner may write NULs into) or into d->scan, both left alone until
+ * the next call. Whatever it declines, jansson decodes, and words the error.
  */
-static maas_status decode_line(maas_ndjson *d, const char *line, size_t len, maas_msg *out)
+static maas_status decode_line(maas_ndjson *d, char *line, size_t len, maas_msg *out)
 {
     json_error_t jerr;
     json_t *root;
     char why[160];
     maas_status st;
+
+    release_held(d);
+    if (maas_scan_token_line(line, len, out, &d->scan) == MAAS_SCAN_TOKEN)
+        return MAAS_OK;
 
     root = json_loadb(line, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
     if (root == NULL) {
@@ -303,7 +313,7 @@ static int is_blank_line(const char *s, size_t n)
 
 /* One framed line (its '\n' removed, line_no already counted): MAAS_DONE
    when blank, else the result of decoding it. */
-static maas_status take_line(maas_ndjson *d, const char *line, size_t len, maas_msg *out)
+static maas_status take_line(maas_ndjson *d, char *line, size_t len, maas_msg *out)
 {
     if (len > 0 && line[len - 1] == '\r')
         len--;
@@ -327,7 +337,8 @@ maas_status maas_ndjson_next(maas_ndjson *d, maas_msg *out)
 
     for (;;) {
         size_t pending = d->len - d->start;
-        const char *line = NULL, *nl = NULL;
+        char *line = NULL;
+        const char *nl = NULL;
         maas_status st;
 
         if (pending > d->scanned) {
@@ -352,7 +363,7 @@ maas_status maas_ndjson_next(maas_ndjson *d, maas_msg *out)
 maas_status maas_ndjson_finish(maas_ndjson *d, maas_msg *out)
 {
     maas_status st = maas_ndjson_next(d, out);
-    const char *line;
+    char *line;
     size_t len;
 
     if (st != MAAS_DONE)

@@ -19,7 +19,9 @@
  *  - JSON: jansson with JSON_ALLOW_NUL (text may hold U+0000, see text_len);
  *    duplicate keys are accepted, the last one wins; invalid UTF-8 and
  *    integers beyond INT64_MAX (e.g. a bare, unquoted seed) are protocol
- *    errors.
+ *    errors. Token lines are decoded by the strict scanner of scan.h first,
+ *    which yields the same message without a jansson tree and declines
+ *    everything else to jansson.
  */
 #ifndef MAAS_LIB_NDJSON_H
 #define MAAS_LIB_NDJSON_H
@@ -28,6 +30,7 @@
 #include <jansson.h>
 #include "maas/maas.h"
 #include "message.h"
+#include "scan.h"
 
 typedef struct maas_ndjson {
     char *buf;          /* pending bytes: [start, len) not yet consumed */
@@ -41,7 +44,9 @@ typedef struct maas_ndjson {
     int overflow;       /* an unterminated line past the cap was dropped in feed() while
                            complete lines were still buffered: next() delivers them, then
                            fails with MAAS_ERR_LINE_TOO_LONG */
-    json_t *held;       /* tree behind the last message handed out */
+    json_t *held;       /* tree behind the last message handed out (NULL when the
+                           scanner decoded it: its strings are in buf or scan) */
+    maas_scan_buf scan; /* the scanner's unescaped strings, reused line after line */
     char err[256];      /* why it failed, "" otherwise */
 } maas_ndjson;
 
