@@ -300,15 +300,40 @@ void maas_xfer_cleanup(maas_xfer *x)
     x->easy = NULL;
 }
 
+#if LIBCURL_VERSION_NUM >= 0x075000
+/* Connected (TLS included), the request about to go: the idle clock starts. */
+static int on_connected(void *userp, char *ip, char *local_ip, int primary_port, int local_port)
+{
+    maas_xfer *x = userp;
+    (void)ip;
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
+    x->connected = 1;
+    maas_xfer_mark(x);
+    return CURL_PREREQFUNC_OK;
+}
+#endif
+
 maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err)
 {
+    maas_status st;
     maas_xfer_finish(x);
     curl_easy_reset(x->ch->easy);
     x->easy = x->ch->easy;
     x->done = 0;
     x->received = 0;
     x->result = CURLE_OK;
-    return maas_http_setup(x->client, x->easy, x->errbuf, err);
+    st = maas_http_setup(x->client, x->easy, x->errbuf, err);
+#if LIBCURL_VERSION_NUM >= 0x075000
+    x->connected = 0;
+    if (st == MAAS_OK && (curl_easy_setopt(x->easy, CURLOPT_PREREQFUNCTION, on_connected) ||
+                          curl_easy_setopt(x->easy, CURLOPT_PREREQDATA, x)))
+        x->connected = 1; /* cannot tell: let the idle clock run from the start */
+#else
+    x->connected = 1;
+#endif
+    return st;
 }
 
 maas_status maas_xfer_start(maas_xfer *x, maas_error_rec *err)
@@ -363,7 +388,9 @@ static maas_status next_wait(const maas_xfer *x, int64_t *wait_ms, maas_error_re
         if (x->deadline_at - now < w)
             w = x->deadline_at - now;
     }
-    if (x->idle_ms > 0 && x->added) {
+    /* The idle clock waits for the connection: connecting and the TLS
+     * handshake are the connect clock's. */
+    if (x->idle_ms > 0 && x->added && x->connected) {
         int64_t left = x->idle_since + x->idle_ms - now;
         if (left <= 0)
             return maas_error_set(err, MAAS_ERR_IDLE_TIMEOUT,
@@ -477,10 +504,27 @@ maas_status maas_http_curl_error(const maas_xfer *x, CURLcode rc, maas_error_rec
         st = MAAS_ERR_NO_MEMORY;
         break;
     case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
         st = MAAS_ERR_CONFIG;
         break;
+    case CURLE_UNSUPPORTED_PROTOCOL: {
+        /* libcurl says this of an http:// URL's answer that is not HTTP too
+         * (HTTP/0.9, garbage): once connected, it is the server's fault. */
+        char *ip = NULL;
+        if (x->easy && curl_easy_getinfo(x->easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip &&
+            *ip)
+            return maas_error_set(err, MAAS_ERR_PROTOCOL, "the server's answer is not HTTP (%s)",
+                                  detail);
+        st = MAAS_ERR_CONFIG;
+        break;
+    }
+    case CURLE_WEIRD_SERVER_REPLY:
+        return maas_error_set(err, MAAS_ERR_PROTOCOL, "the server's answer is not HTTP (%s)",
+                              detail);
     default:
+        /* Headers without end are a broken server, not a broken network (libcurl 8.6
+         * names them CURLE_TOO_LARGE; before, a receive error saying so). */
+        if (strstr(detail, "Too large response headers"))
+            return maas_error_set(err, MAAS_ERR_PROTOCOL, "%s", detail);
         st = MAAS_ERR_NETWORK;
         break;
     }

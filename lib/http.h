@@ -75,6 +75,7 @@ typedef struct maas_xfer {
     int64_t idle_ms;         /* <= 0 for none */
     int64_t idle_since;      /* monotonic ms of the last activity mark */
     int received;            /* any body byte arrived */
+    int connected;           /* the connection is up: the idle clock runs */
     atomic_int *cancel;      /* may be NULL */
     char errbuf[CURL_ERROR_SIZE];
 } maas_xfer;

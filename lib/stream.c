@@ -213,7 +213,10 @@ static size_t on_header(char *data, size_t size, size_t n, void *userp)
     maas_stream *s = userp;
     /* The status line starts the answer and restarts the idle clock; further
      * header lines do not, so a server dripping headers forever still trips it. */
+    if (size * n <= 2 && (data[0] == '\r' || data[0] == '\n'))
+        s->headers_done = 1; /* the blank line: the body starts */
     if (size * n >= 5 && !memcmp(data, "HTTP/", 5)) {
+        s->headers_done = 0;
         const char *sp = memchr(data, ' ', size * n);
         maas_xfer_mark(&s->x);
         /* Known from here on, so that a failure before the first body byte
@@ -293,6 +296,7 @@ static maas_status start_attempt(maas_stream *s)
     s->meta.retry_after = -1.0;
     s->meta.content_type[0] = '\0';
     s->http_status = 0;
+    s->headers_done = 0;
     s->error_len = 0;
     s->write_status = MAAS_OK;
     if (s->attempts == 0 && s->c->deadline_ms > 0)
@@ -379,7 +383,7 @@ static maas_status transfer_ended(maas_stream *s, maas_msg *msg)
         return maas_error_set(&s->err, s->write_status, "%s", maas_ndjson_error(&s->dec));
     }
     if (s->x.result != CURLE_OK) {
-        if (s->http_status == 200) {
+        if (s->http_status == 200 && s->headers_done) {
             /* The server cut the stream: what arrived stays delivered. */
             char detail[CURL_ERROR_SIZE];
             maas_copy_text(detail, sizeof detail, s->x.errbuf, strlen(s->x.errbuf));
@@ -505,9 +509,12 @@ static void stream_error(maas_stream *s, const maas_msg *m)
     s->err.pub.grpc_code = m->grpc_code;
     s->err.pub.http_status = (int)s->http_status;
     maas_error_set_request_id(&s->err, m->request_id);
-    maas_error_set(&s->err, MAAS_ERR_STREAM, "%s",
-                   m->error_message && m->error_message[0] ? m->error_message
-                                                           : "the server reported an error");
+    if (m->error_message && m->error_message[0])
+        maas_error_set(&s->err, MAAS_ERR_STREAM, "%s", m->error_message);
+    else
+        maas_error_set(&s->err, MAAS_ERR_STREAM,
+                       "the server sent an error line without a usable message (gRPC code %d)",
+                       m->grpc_code);
 }
 
 /* ---- public ------------------------------------------------------------------ */

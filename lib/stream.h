@@ -47,6 +47,7 @@ struct maas_stream {
     maas_ndjson dec;
     maas_http_meta meta;
     long http_status;
+    int headers_done;            /* the header block ended: a failure now cuts the body */
     char *error_body;
     size_t error_len;
     maas_status write_status;    /* a decoder failure seen while receiving */

@@ -16,6 +16,7 @@ void faults_init(struct faults *f)
     memset(f, 0, sizeof *f);
     f->error_after = f->drop_after = f->truncate_after = f->malformed_after = -1;
     f->stall_after = f->drip_ms = f->delay_ms = f->first_byte_delay_ms = f->tokens = -1;
+    f->long_line = f->deep_nesting = -1;
 }
 
 bool faults_any_body(const struct faults *f)
@@ -30,6 +31,11 @@ void faults_merge(struct faults *dst, const struct faults *src)
     dst->crlf |= src->crlf;
     dst->blank_lines |= src->blank_lines;
     dst->expire_token |= src->expire_token;
+    dst->endless_line |= src->endless_line;
+    dst->invalid_utf8 |= src->invalid_utf8;
+    dst->nul_byte |= src->nul_byte;
+    dst->no_answer |= src->no_answer;
+    dst->wrong_type |= src->wrong_type;
 #define TAKE(field)                                                                         \
     do {                                                                                    \
         if (src->field >= 0)                                                                \
@@ -44,14 +50,75 @@ void faults_merge(struct faults *dst, const struct faults *src)
     TAKE(delay_ms);
     TAKE(first_byte_delay_ms);
     TAKE(tokens);
+    TAKE(long_line);
+    TAKE(deep_nesting);
 #undef TAKE
     if (src->status)
         dst->status = src->status;
-    if (src->retry_after[0])
-        memcpy(dst->retry_after, src->retry_after, sizeof dst->retry_after);
+#define TAKE_TEXT(field)                                                                    \
+    do {                                                                                    \
+        if (src->field[0])                                                                  \
+            memcpy(dst->field, src->field, sizeof dst->field);                              \
+    } while (0)
+    TAKE_TEXT(retry_after);
+    TAKE_TEXT(bad_id);
+    TAKE_TEXT(bad_logprob);
+    TAKE_TEXT(bad_generated_tokens);
+    TAKE_TEXT(bad_seed);
+#undef TAKE_TEXT
 }
 
-enum fkind { F_FLAG, F_COUNT, F_MS, F_TOKENS, F_STATUS, F_TEXT };
+/* wrong-type=FIELD names and their bits. */
+static const struct {
+    const char *name;
+    unsigned bit;
+} wrong_types[] = {
+    {"result", WT_RESULT},
+    {"response", WT_RESPONSE},
+    {"token", WT_TOKEN},
+    {"id", WT_ID},
+    {"text", WT_TEXT},
+    {"logprob", WT_LOGPROB},
+    {"special", WT_SPECIAL},
+    {"details", WT_DETAILS},
+    {"finish_reason", WT_FINISH_REASON},
+    {"generated_tokens", WT_GENERATED_TOKENS},
+    {"seed", WT_SEED},
+    {"generated_text", WT_GENERATED_TEXT},
+    {"requestID", WT_REQUEST_ID},
+    {"error", WT_ERROR},
+    {"code", WT_CODE},
+    {"message", WT_MESSAGE},
+};
+
+static bool is_printable(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+static bool name_is(const char *s, size_t n, const char *name)
+{
+    return strlen(name) == n && memcmp(s, name, n) == 0;
+}
+
+/* bad-value=FIELD:VALUE: the field's slot, or NULL for an unknown field. */
+static char *bad_value_slot(struct faults *f, const char *name, size_t n)
+{
+    if (name_is(name, n, "id"))
+        return f->bad_id;
+    if (name_is(name, n, "logprob"))
+        return f->bad_logprob;
+    if (name_is(name, n, "generated_tokens"))
+        return f->bad_generated_tokens;
+    if (name_is(name, n, "seed"))
+        return f->bad_seed;
+    return NULL;
+}
+
+enum fkind { F_FLAG, F_COUNT, F_MS, F_TOKENS, F_STATUS, F_TEXT, F_SIZE, F_WRONG_TYPE, F_BAD_VALUE };
 
 struct fdef {
     const char *name;
@@ -77,6 +144,14 @@ static const struct fdef defs[] = {
     {"tokens", F_TOKENS, OFF(tokens)},
     {"status", F_STATUS, OFF(status)},
     {"retry-after", F_TEXT, OFF(retry_after)},
+    {"long-line", F_SIZE, OFF(long_line)},
+    {"endless-line", F_FLAG, OFF(endless_line)},
+    {"deep-nesting", F_SIZE, OFF(deep_nesting)},
+    {"invalid-utf8", F_FLAG, OFF(invalid_utf8)},
+    {"nul-byte", F_FLAG, OFF(nul_byte)},
+    {"no-answer", F_FLAG, OFF(no_answer)},
+    {"wrong-type", F_WRONG_TYPE, OFF(wrong_type)},
+    {"bad-value", F_BAD_VALUE, 0},
 };
 #undef OFF
 
@@ -120,6 +195,9 @@ bool faults_parse_spec(struct faults *f, const char *spec, size_t n, char *err, 
     }
     long v = 0;
     bool ok = true;
+    unsigned bit = 0;
+    char *slot = NULL;
+    const char *colon = NULL;
     switch (d->kind) {
     case F_COUNT:
         ok = parse_long(val, vlen, 0, 1000000000L, &v);
@@ -134,9 +212,26 @@ bool faults_parse_spec(struct faults *f, const char *spec, size_t n, char *err, 
         ok = parse_long(val, vlen, 100, 999, &v) && status_allowed(v);
         break;
     case F_TEXT:
-        ok = vlen < sizeof f->retry_after;
-        for (size_t i = 0; ok && i < vlen; i++)
-            ok = (unsigned char)val[i] >= 0x20 && (unsigned char)val[i] < 0x7f;
+        ok = vlen < sizeof f->retry_after && is_printable(val, vlen);
+        break;
+    case F_SIZE:
+        ok = parse_long(val, vlen, 1, EMU_MAX_LONG_LINE, &v);
+        break;
+    case F_WRONG_TYPE:
+        ok = false;
+        for (size_t i = 0; !ok && i < sizeof wrong_types / sizeof wrong_types[0]; i++)
+            if (name_is(val, vlen, wrong_types[i].name)) {
+                bit = wrong_types[i].bit;
+                ok = true;
+            }
+        break;
+    case F_BAD_VALUE:
+        /* FIELD:VALUE, VALUE any printable ASCII (not checked as JSON: a broken
+         * literal such as NaN is a legitimate hostile input). */
+        colon = memchr(val, ':', vlen);
+        slot = colon ? bad_value_slot(f, val, (size_t)(colon - val)) : NULL;
+        ok = slot && vlen - (size_t)(colon - val) - 1 > 0 &&
+             vlen - (size_t)(colon - val) - 1 < EMU_BAD_VALUE_MAX && is_printable(val, vlen);
         break;
     case F_FLAG:
         break;
@@ -154,6 +249,15 @@ bool faults_parse_spec(struct faults *f, const char *spec, size_t n, char *err, 
         memcpy(field, val, vlen);
         field[vlen] = '\0';
         break;
+    case F_WRONG_TYPE:
+        *(unsigned *)field |= bit;
+        break;
+    case F_BAD_VALUE: {
+        size_t n1 = vlen - (size_t)(colon - val) - 1;
+        memcpy(slot, colon + 1, n1);
+        slot[n1] = '\0';
+        break;
+    }
     default:
         *(long *)field = v;
         break;

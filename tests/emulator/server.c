@@ -854,6 +854,13 @@ enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *u
         return MHD_NO;
     if (!rq->prepared) {
         prepare(rq);
+        if (rq->f.no_answer && !rq->fault_bad && !rq->too_large) {
+            /* Read, never answered: parked until the client leaves (or shutdown). */
+            rq->end = "no-answer";
+            if (!sched_wait(&rq->w, -1, true))
+                return MHD_NO;
+            return MHD_YES;
+        }
         long wait = rq->f.first_byte_delay_ms > 0 && !rq->fault_bad ? rq->f.first_byte_delay_ms : 0;
         if (rq->route == ROUTE_TOKEN)
             wait += g_cfg.token_delay_ms;
