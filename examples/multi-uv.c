@@ -107,9 +107,9 @@ static void done(maas_stream *s, maas_status st, void *payload)
         fprintf(stderr, "stream: %s: %s\n", maas_strerror(st), maas_stream_error(s)->message);
     }
     maas_stream_free(s);
-    /* The last one: nothing keeps the loop alive but the timer, so stop it. */
+    /* The last one: the multi's wake-up pipe would keep the loop alive. */
     if (a->finished == *(int *)uv_loop_get_data(a->loop))
-        uv_timer_stop(&a->timer);
+        uv_stop(a->loop);
 }
 
 static int print_token(const maas_token *t, void *payload)
@@ -153,7 +153,8 @@ int main(int argc, char **argv)
     }
     uv_run(a.loop, UV_RUN_DEFAULT);
     printf("\n%d streams finished, %d failed\n", a.finished, a.failures);
-    maas_multi_free(a.multi);
+    maas_multi_free(a.multi); /* removes the pipe's watcher through on_socket */
+    uv_timer_stop(&a.timer);
     uv_close((uv_handle_t *)&a.timer, NULL);
     uv_run(a.loop, UV_RUN_DEFAULT); /* let the closed handles go */
     uv_loop_close(a.loop);

@@ -13,8 +13,11 @@
  * deadline. So a token costs no heap work; a stream costs one heap operation
  * per idle period.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -39,6 +42,9 @@ struct maas_multi {
     void *cb_payload;
     int64_t curl_due;             /* when libcurl wants a timeout action; INT64_MAX: never */
     int64_t told_due;             /* what the application's timer was last set to */
+    int wake[2];                  /* event-loop mode: a pipe other threads write to */
+    void *wake_payload;           /* what the application assigned to wake[0] */
+    int ever_added;               /* streams were added: the mode is fixed */
 };
 
 /* ---- the ready list --------------------------------------------------------- */
@@ -234,8 +240,12 @@ static void dispatch(maas_multi *m, maas_stream *s)
     for (;;) {
         st = maas_stream_advance(s, &tok, 0);
         if (st == MAAS_OK) {
-            if (s->on_token && s->on_token(tok, s->payload))
-                atomic_store(&s->cancel, 1); /* the next advance fails it, buffered tokens unsent */
+            if (s->on_token && s->on_token(tok, s->payload)) {
+                /* Buffered tokens are not handed out after this. */
+                maas_error_set(&s->err, MAAS_ERR_CANCELLED, "cancelled by the token callback");
+                finish(m, s, maas_stream_fail(s, MAAS_ERR_CANCELLED));
+                return;
+            }
             continue;
         }
         if (st == MAAS_PENDING) {
@@ -331,6 +341,7 @@ maas_status maas_multi_new(maas_multi **out, maas_client *client)
     if (!m)
         return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a multi");
     m->c = client;
+    m->wake[0] = m->wake[1] = -1;
     m->curl_due = INT64_MAX;
     m->told_due = INT64_MAX;
     atomic_init(&m->cancels, 0);
@@ -364,6 +375,12 @@ void maas_multi_free(maas_multi *m)
         s->ready = 0;
     }
     curl_multi_cleanup(m->cm);
+    if (m->wake[0] >= 0) {
+        if (m->on_socket)
+            m->on_socket(m->wake[0], MAAS_POLL_REMOVE, m->cb_payload, m->wake_payload);
+        close(m->wake[0]);
+        close(m->wake[1]);
+    }
     free(m->heap);
     free(m->keys);
     free(m);
@@ -390,7 +407,7 @@ void maas_multi_forget(maas_stream *s)
 void maas_multi_note_cancel(maas_multi *m)
 {
     atomic_fetch_add(&m->cancels, 1);
-    curl_multi_wakeup(m->cm);
+    maas_multi_wakeup(m);
 }
 
 maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request *request,
@@ -423,6 +440,7 @@ maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request 
     s->on_done = on_done;
     s->payload = payload;
     s->multi = m;
+    m->ever_added = 1;
     s->next = m->streams;
     if (m->streams)
         m->streams->prev = s;
@@ -445,8 +463,20 @@ maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request 
 
 static maas_status curl_failed(CURLMcode mc)
 {
-    return maas_fail(mc == CURLM_OUT_OF_MEMORY ? MAAS_ERR_NO_MEMORY : MAAS_ERR_INTERNAL,
-                     "libcurl multi: %s", curl_multi_strerror(mc));
+    switch (mc) {
+    case CURLM_OUT_OF_MEMORY:
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory in libcurl's multi handle");
+    case CURLM_BAD_SOCKET:
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "that socket is not one of the multi's");
+    case CURLM_RECURSIVE_API_CALL:
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
+                         "called from inside a socket or timer callback");
+    case CURLM_ABORTED_BY_CALLBACK:
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
+                         "the socket or timer callback returned nonzero");
+    default:
+        return maas_fail(MAAS_ERR_INTERNAL, "libcurl multi: %s", curl_multi_strerror(mc));
+    }
 }
 
 maas_status maas_multi_perform(maas_multi *m, size_t *running)
@@ -505,8 +535,18 @@ maas_status maas_multi_poll(maas_multi *m, int timeout_ms, size_t *running)
 
 void maas_multi_wakeup(maas_multi *m)
 {
-    if (m)
+    if (!m)
+        return;
+    if (m->wake[1] >= 0) {
+        /* Event-loop mode: the loop watches the pipe's other end. A full pipe
+         * already has the loop's attention. */
+        ssize_t w;
+        do
+            w = write(m->wake[1], "", 1);
+        while (w < 0 && errno == EINTR);
+    } else {
         curl_multi_wakeup(m->cm);
+    }
 }
 
 maas_status maas_multi_set_callbacks(maas_multi *m, maas_socket_cb on_socket,
@@ -514,16 +554,29 @@ maas_status maas_multi_set_callbacks(maas_multi *m, maas_socket_cb on_socket,
 {
     if (!m || !on_socket || !on_timer)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "multi, on_socket and on_timer are required");
-    if (m->streams)
-        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "set the callbacks before adding streams");
-    m->on_socket = on_socket;
-    m->on_timer = on_timer;
-    m->cb_payload = payload;
+    if (m->ever_added || m->on_socket)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
+                         "set the callbacks once, before adding any stream");
+    /* Another thread's maas_stream_cancel() or maas_multi_wakeup() must reach
+     * the application's loop: it watches this pipe like any other socket. */
+    if (pipe2(m->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
+        m->wake[0] = m->wake[1] = -1;
+        return maas_fail(MAAS_ERR_INTERNAL, "pipe2: %s", strerror(errno));
+    }
     if (curl_multi_setopt(m->cm, CURLMOPT_SOCKETFUNCTION, curl_socket) ||
         curl_multi_setopt(m->cm, CURLMOPT_SOCKETDATA, m) ||
         curl_multi_setopt(m->cm, CURLMOPT_TIMERFUNCTION, curl_timer) ||
-        curl_multi_setopt(m->cm, CURLMOPT_TIMERDATA, m))
+        curl_multi_setopt(m->cm, CURLMOPT_TIMERDATA, m)) {
+        close(m->wake[0]);
+        close(m->wake[1]);
+        m->wake[0] = m->wake[1] = -1;
         return maas_fail(MAAS_ERR_INTERNAL, "could not set libcurl's multi callbacks");
+    }
+    m->on_socket = on_socket;
+    m->on_timer = on_timer;
+    m->cb_payload = payload;
+    if (on_socket(m->wake[0], MAAS_POLL_IN, payload, NULL) != 0)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "the socket callback refused the wake-up pipe");
     return MAAS_OK;
 }
 
@@ -532,6 +585,10 @@ maas_status maas_multi_assign(maas_multi *m, int fd, void *socket_payload)
     CURLMcode mc;
     if (!m)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "multi is NULL");
+    if (fd >= 0 && fd == m->wake[0]) {
+        m->wake_payload = socket_payload; /* libcurl does not know this one */
+        return MAAS_OK;
+    }
     mc = curl_multi_assign(m->cm, (curl_socket_t)fd, socket_payload);
     return mc == CURLM_OK ? MAAS_OK : curl_failed(mc);
 }
@@ -542,17 +599,33 @@ maas_status maas_multi_socket_action(maas_multi *m, int fd, int events, size_t *
     CURLMcode mc;
     if (!m)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "multi is NULL");
+    if (!m->on_socket)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
+                         "the multi is not in event-loop mode: use maas_multi_perform/poll");
     if (events & MAAS_POLL_IN)
         mask |= CURL_CSELECT_IN;
     if (events & MAAS_POLL_OUT)
         mask |= CURL_CSELECT_OUT;
-    if (fd == MAAS_SOCKET_TIMEOUT)
-        m->told_due = INT64_MAX; /* the timer fired: the next one must be told again */
-    mc = curl_multi_socket_action(m->cm, fd == MAAS_SOCKET_TIMEOUT ? CURL_SOCKET_TIMEOUT
-                                                                   : (curl_socket_t)fd,
-                                  mask, &still);
-    if (mc != CURLM_OK)
-        return curl_failed(mc);
+    if (fd >= 0 && fd == m->wake[0]) {
+        char drain[64];
+        while (read(fd, drain, sizeof drain) > 0)
+            ;
+    } else {
+        long curl_ms = -1;
+        if (fd == MAAS_SOCKET_TIMEOUT)
+            m->told_due = INT64_MAX; /* the timer fired: the next one must be told again */
+        mc = curl_multi_socket_action(m->cm, fd == MAAS_SOCKET_TIMEOUT ? CURL_SOCKET_TIMEOUT
+                                                                       : (curl_socket_t)fd,
+                                      mask, &still);
+        if (mc != CURLM_OK)
+            return curl_failed(mc);
+        /* libcurl calls the timer callback only when its timeout changes, and
+         * the timer may have fired for one of our clocks rather than its own:
+         * ask it where its deadline stands now, so that a spent one is never
+         * kept (a busy loop) and a pending one never lost (a hang). */
+        if (curl_multi_timeout(m->cm, &curl_ms) == CURLM_OK)
+            m->curl_due = curl_ms < 0 ? INT64_MAX : maas_now_ms() + curl_ms;
+    }
     pump(m);
     if (running)
         *running = m->running;

@@ -420,20 +420,24 @@ typedef void (*maas_done_cb)(maas_stream *stream, maas_status status, void *payl
 MAAS_EXPORT maas_status maas_multi_new(maas_multi **out, maas_client *client);
 
 /**
- * Free a multi. Streams still running are stopped (their connections closed,
- * no callback called) and end with MAAS_ERR_CANCELLED; they must still be
- * freed with maas_stream_free(). NULL is a no-op.
+ * Free a multi. Streams not yet done are stopped (their connections closed,
+ * no callback called) and end with MAAS_ERR_CANCELLED, unless their final
+ * message had already arrived; they must still be freed with
+ * maas_stream_free(). NULL is a no-op.
  */
 MAAS_EXPORT void maas_multi_free(maas_multi *multi);
 
 /**
  * Start a stream in the multi without waiting for the network: the request
- * is checked, the model resolved and a token taken (a fetch, or the
- * catalogue, when the client has none yet: once per token lifetime; call
- * maas_client_authenticate() first to keep even that off the loop). Its
- * callbacks run from inside maas_multi_perform() / maas_multi_socket_action():
- * on_token per token (nonzero cancels), on_details once, then on_done once.
- * Any callback may be NULL. `*out` stays valid until maas_stream_free().
+ * is checked, the model resolved and a token taken. Those two may block:
+ * the catalogue once per client, a token fetch once per token lifetime (and
+ * after a 401, inside the driving call); call maas_client_authenticate()
+ * first to keep the routine case off the loop. Its callbacks run from
+ * inside maas_multi_perform() / maas_multi_poll() /
+ * maas_multi_socket_action(): on_token per token (nonzero cancels),
+ * on_details once, then on_done once. Any callback may be NULL. `*out`
+ * stays valid until maas_stream_free(). When the stream cannot start (a bad
+ * request, no credentials), the call fails and no callback is called.
  */
 MAAS_EXPORT maas_status maas_multi_add(maas_stream **out, maas_multi *multi,
                                        const maas_request *request, maas_token_cb on_token,
@@ -450,11 +454,15 @@ MAAS_EXPORT maas_status maas_multi_perform(maas_multi *multi, size_t *running);
 /**
  * Wait up to `timeout_ms` (and no longer than the next clock of a stream)
  * for network activity or maas_multi_wakeup(), then do the work as
- * maas_multi_perform() does. `running` as there.
+ * maas_multi_perform() does. `timeout_ms` 0 or less does not wait.
+ * `running` as there.
  */
 MAAS_EXPORT maas_status maas_multi_poll(maas_multi *multi, int timeout_ms, size_t *running);
 
-/** Cut a maas_multi_poll() short, from any thread. */
+/**
+ * From any thread: cut a maas_multi_poll() short, or, in event-loop mode,
+ * make the multi's wake-up pipe readable (see maas_multi_set_callbacks()).
+ */
 MAAS_EXPORT void maas_multi_wakeup(maas_multi *multi);
 
 /** Milliseconds until the multi needs driving even without activity; -1 when never. */
@@ -483,8 +491,11 @@ typedef int (*maas_timer_cb)(long timeout_ms, void *payload);
 /**
  * Switch the multi to event-loop mode: from now on it reports sockets and
  * its timer through these callbacks and is driven by
- * maas_multi_socket_action() instead of perform/poll. Set both before adding
- * streams.
+ * maas_multi_socket_action() instead of perform/poll. Call once, before
+ * adding streams. The first socket reported (at once, from inside this call)
+ * is the multi's wake-up pipe: watch it like the others, so that
+ * maas_stream_cancel() and maas_multi_wakeup() from other threads reach the
+ * loop.
  */
 MAAS_EXPORT maas_status maas_multi_set_callbacks(maas_multi *multi, maas_socket_cb on_socket,
                                                  maas_timer_cb on_timer, void *payload);

@@ -324,6 +324,9 @@ static void test_misuse(void **state)
     /* A multi's stream is driven by its multi only. */
     assert_int_equal(maas_stream_next(s, &t), MAAS_ERR_INVALID_ARGUMENT);
     assert_int_equal(maas_multi_socket_action(NULL, 0, 0, NULL), MAAS_ERR_INVALID_ARGUMENT);
+    /* socket_action belongs to event-loop mode, and the mode is fixed once streams were added. */
+    assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, NULL),
+                     MAAS_ERR_INVALID_ARGUMENT);
     run_poll(m);
     assert_int_equal(o.status, MAAS_OK);
     maas_stream_free(s);
@@ -466,6 +469,47 @@ static void test_event_loop(void **state)
     finish(c);
 }
 
+struct loop_cancel {
+    maas_stream *s;
+};
+
+static void *cancel_later(void *p)
+{
+    struct loop_cancel *k = p;
+    maas_stream_cancel(k->s);
+    return NULL;
+}
+
+static void test_event_loop_cross_thread_cancel(void **state)
+{
+    maas_client *c = client_with(0, 0, 0); /* idle clock 60 s: only the cancel can end it soon */
+    maas_multi *m = NULL;
+    struct loop *l = calloc(1, sizeof *l);
+    struct one o;
+    struct loop_cancel k;
+    pthread_t t;
+    (void)state;
+    assert_non_null(l);
+    memset(&o, 0, sizeof o);
+    l->timer_ms = -1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    /* The multi's wake-up pipe is the first socket the loop watches. */
+    assert_int_equal(l->nfds, 1);
+    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l),
+                     MAAS_ERR_INVALID_ARGUMENT);
+    k.s = add(m, "Tell me [[fault:stall-after=1]]", 10, &o);
+    assert_int_equal(pthread_create(&t, NULL, cancel_later, &k), 0);
+    run_loop(m, l); /* blocked in poll(2) on the stall until the pipe wakes it */
+    pthread_join(t, NULL);
+    assert_int_equal(o.status, MAAS_ERR_CANCELLED);
+    maas_stream_free(k.s);
+    maas_multi_free(m);
+    assert_int_equal(l->nfds, 0);
+    free(l);
+    finish(c);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -490,6 +534,7 @@ int main(void)
         cmocka_unit_test_setup(test_free_multi_with_running_streams, reset),
         cmocka_unit_test_setup(test_misuse, reset),
         cmocka_unit_test_setup(test_event_loop, reset),
+        cmocka_unit_test_setup(test_event_loop_cross_thread_cancel, reset),
     };
     return cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown);
 }
