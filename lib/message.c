@@ -13,6 +13,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include "message.h"
+#include "trim.h"
 
 #include <limits.h>
 #include <math.h>
@@ -352,6 +353,10 @@ static maas_status map_result(maas_msg *out, const json_t *res, char *err, size_
                         errlen);
     if (st != MAAS_OK)
         return st;
+    /* The decoder cut an oversized generated_text and said so beside it (trim.h). */
+    out->details.generated_text_truncated =
+        json_is_true(json_object_get(resp, MAAS_TRUNCATED_KEY)) ||
+        (det != NULL && json_is_true(json_object_get(det, MAAS_TRUNCATED_KEY)));
     out->details.request_id = out->request_id;
     return MAAS_OK;
 }

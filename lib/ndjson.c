@@ -90,6 +90,7 @@ void maas_ndjson_reset(maas_ndjson *d)
     d->line_no = 0;
     d->failed = MAAS_OK;
     d->overflow = 0;
+    memset(&d->trim, 0, sizeof d->trim);
     d->err[0] = '\0';
 }
 
@@ -239,6 +240,20 @@ static maas_status check_tail(maas_ndjson *d)
     return MAAS_OK;
 }
 
+/*
+ * The unterminated last line has grown past MAAS_TRIM_AFTER: from here on,
+ * the rest of it goes through the lexer that cuts an oversized
+ * generated_text (trim.h). Lines that never grow this long never get here.
+ */
+static void engage_trim(maas_ndjson *d)
+{
+    size_t tail = d->len;
+    while (tail > d->start && d->buf[tail - 1] != '\n')
+        tail--;
+    if (d->len - tail > MAAS_TRIM_AFTER)
+        maas_trim_start(&d->trim, d->buf + tail, d->len - tail);
+}
+
 maas_status maas_ndjson_feed(maas_ndjson *d, const char *data, size_t len)
 {
     maas_status st;
@@ -252,13 +267,33 @@ maas_status maas_ndjson_feed(maas_ndjson *d, const char *data, size_t len)
     if (d->overflow)
         return MAAS_OK; /* more of a line already known to be too long */
 
+    while (d->trim.on && len > 0) {
+        /* The rest of an over-long line goes through the lexer (trim.h). */
+        size_t used, kept;
+        st = reserve(d, len + MAAS_TRIM_EXTRA);
+        if (st != MAAS_OK)
+            return fail(d, st, "out of memory buffering %zu bytes after line %lu", len,
+                        d->line_no);
+        used = maas_trim_feed(&d->trim, data, len, d->buf + d->len, &kept);
+        d->len += kept;
+        data += used;
+        len -= used;
+        st = check_tail(d);
+        if (st != MAAS_OK || d->overflow)
+            return st;
+    }
+    if (len == 0)
+        return MAAS_OK;
     st = reserve(d, len);
     if (st != MAAS_OK)
         return fail(d, st, "out of memory buffering %zu bytes after line %lu", len,
                     d->line_no);
     memcpy(d->buf + d->len, data, len);
     d->len += len;
-    return check_tail(d);
+    st = check_tail(d);
+    if (st == MAAS_OK && !d->overflow && d->len - d->start > MAAS_TRIM_AFTER)
+        engage_trim(d);
+    return st;
 }
 
 /* ------------------------------------------------------------------ */

@@ -31,6 +31,7 @@
 #include "maas/maas.h"
 #include "message.h"
 #include "scan.h"
+#include "trim.h"
 
 typedef struct maas_ndjson {
     char *buf;          /* pending bytes: [start, len) not yet consumed */
@@ -47,6 +48,7 @@ typedef struct maas_ndjson {
     json_t *held;       /* tree behind the last message handed out (NULL when the
                            scanner decoded it: its strings are in buf or scan) */
     maas_scan_buf scan; /* the scanner's unescaped strings, reused line after line */
+    maas_trim trim;     /* an over-long line's generated_text being cut (trim.h) */
     char err[256];      /* why it failed, "" otherwise */
 } maas_ndjson;
 

@@ -316,12 +316,22 @@ typedef struct maas_details {
     uint32_t generated_tokens;
     uint64_t seed;                  /**< valid when has_seed; may exceed INT64_MAX */
     int has_seed;
-    const char *generated_text;     /**< the server's text (without special tokens); "" if absent */
+    const char *generated_text;     /**< the server's text (without special tokens); "" if absent;
+                                         at most MAAS_GENERATED_TEXT_MAX bytes */
     size_t generated_text_len;
     const char *request_id;         /**< "" if the server sent none */
     unsigned int attempts;          /**< HTTP attempts this generation took (retries and a
                                          401 replay included) */
+    int generated_text_truncated;   /**< nonzero when generated_text was longer than
+                                         MAAS_GENERATED_TEXT_MAX and was cut there */
 } maas_details;
+
+/**
+ * generated_text in maas_details is kept up to this many bytes, so that a
+ * stream's memory does not grow with its length (the server repeats the
+ * whole text in its final message). The tokens themselves are never cut.
+ */
+#define MAAS_GENERATED_TEXT_MAX (256u * 1024u)
 
 /** Called once per token, in order. Return 0 to continue, nonzero to cancel. */
 typedef int (*maas_token_cb)(const maas_token *token, void *payload);
