@@ -377,17 +377,27 @@ static int cancelled(const maas_xfer *x)
     return x->cancel && atomic_load(x->cancel);
 }
 
+/* The deadline: MAAS_ERR_DEADLINE once past it, else *w shortened not to pass it. */
+static maas_status within_deadline(const maas_xfer *x, int64_t now, int64_t *w,
+                                   maas_error_rec *err)
+{
+    if (!x->deadline_at)
+        return MAAS_OK;
+    if (now >= x->deadline_at)
+        return maas_error_set(err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired",
+                              x->client->deadline_ms);
+    if (x->deadline_at - now < *w)
+        *w = x->deadline_at - now;
+    return MAAS_OK;
+}
+
 /* How long the next wait may last, or an expired clock's status. */
 static maas_status next_wait(const maas_xfer *x, int64_t *wait_ms, maas_error_rec *err)
 {
     int64_t now = maas_now_ms(), w = 1000;
-    if (x->deadline_at) {
-        if (now >= x->deadline_at)
-            return maas_error_set(err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired",
-                                  x->client->deadline_ms);
-        if (x->deadline_at - now < w)
-            w = x->deadline_at - now;
-    }
+    maas_status st = within_deadline(x, now, &w, err);
+    if (st != MAAS_OK)
+        return st;
     /* The idle clock waits for the connection: connecting and the TLS
      * handshake are the connect clock's. */
     if (x->idle_ms > 0 && x->added && x->connected) {
@@ -452,15 +462,12 @@ maas_status maas_xfer_sleep(maas_xfer *x, int64_t ms, maas_error_rec *err)
     int64_t end = maas_now_ms() + ms, now;
     while ((now = maas_now_ms()) < end) {
         int64_t w = end - now;
+        maas_status st;
         if (cancelled(x))
             return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
-        if (x->deadline_at) {
-            if (now >= x->deadline_at)
-                return maas_error_set(err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired",
-                                      x->client->deadline_ms);
-            if (x->deadline_at - now < w)
-                w = x->deadline_at - now;
-        }
+        st = within_deadline(x, now, &w, err);
+        if (st != MAAS_OK)
+            return st;
         /* An empty multi handle waits the time out, and curl_multi_wakeup cuts it short. */
         curl_multi_poll(x->ch->multi, NULL, 0, (int)(w > 1000 ? 1000 : w), NULL);
     }
