@@ -7,6 +7,7 @@
  *
  * Configuration from the environment (MAAS_*), as scripts/bench sets it.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,47 @@ static size_t first_line(char *d, size_t s, size_t n, void *p)
     if (!f->at && memchr(d, '\n', s * n))
         f->at = now_us();
     return s * n;
+}
+
+/* ---- cancellation from another thread: from maas_stream_cancel() to the blocked call's return ---- */
+
+struct canceller {
+    maas_stream *s;
+    double at;
+};
+
+static void *cancel_after_a_while(void *p)
+{
+    struct canceller *k = p;
+    struct timespec ts = { 0, 20 * 1000000L }; /* let the other thread block in its wait */
+    nanosleep(&ts, NULL);
+    k->at = now_us();
+    maas_stream_cancel(k->s);
+    return NULL;
+}
+
+static double cancel_latency_us(maas_client *c)
+{
+    maas_request r = MAAS_REQUEST_INIT;
+    const maas_token *t;
+    maas_stream *s;
+    struct canceller k;
+    pthread_t th;
+    double back;
+    r.model = "mistralai/Mistral-7B-Instruct-v0.1";
+    r.prompt = "cancel [[fault:stall-after=1]]";
+    r.max_new_tokens = 10;
+    if (maas_stream_open(&s, c, &r) != MAAS_OK || maas_stream_next(s, &t) != MAAS_OK)
+        return -1;
+    k.s = s;
+    pthread_create(&th, NULL, cancel_after_a_while, &k);
+    if (maas_stream_next(s, &t) != MAAS_ERR_CANCELLED)
+        back = -1;
+    else
+        back = now_us() - k.at;
+    pthread_join(th, NULL);
+    maas_stream_free(s);
+    return back;
 }
 
 int main(int argc, char **argv)
@@ -111,6 +153,20 @@ int main(int argc, char **argv)
            "libmaas_p90=%.1f curl_p90=%.1f rounds=%d\n",
            lib[rounds / 2], raw[rounds / 2], lib[rounds / 2] - raw[rounds / 2],
            lib[rounds * 9 / 10], raw[rounds * 9 / 10], rounds);
+    {
+        /* A measurement, not a synchronisation: the sleep only makes it likely
+         * that the stream is blocked when the cancel comes. */
+        double cancel[21];
+        int k;
+        for (k = 0; k < 21; k++)
+            if ((cancel[k] = cancel_latency_us(c)) < 0) {
+                fprintf(stderr, "bench-latency: the cancel did not end the stream\n");
+                return 1;
+            }
+        qsort(cancel, 21, sizeof *cancel, cmp);
+        printf("cancel_from_another_thread_us median=%.1f max=%.1f rounds=21\n", cancel[10],
+               cancel[20]);
+    }
     curl_slist_free_all(hdr);
     curl_easy_cleanup(h);
     maas_client_free(c);
