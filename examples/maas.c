@@ -292,6 +292,8 @@ static void print_details(FILE *f, const maas_details *d, int json)
         json_string(f, d->request_id, strlen(d->request_id));
         fputs(",\"generated_text\":", f);
         json_string(f, d->generated_text, d->generated_text_len);
+        if (d->generated_text_truncated)
+            fputs(",\"generated_text_truncated\":true", f);
         fputs("}\n", f);
     } else {
         fprintf(f, "finish_reason: %s\ngenerated_tokens: %u\n",

@@ -339,6 +339,9 @@ maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err)
 maas_status maas_xfer_start(maas_xfer *x, maas_error_rec *err)
 {
     CURLMcode mc = curl_multi_add_handle(x->ch->multi, x->easy);
+    if (mc == CURLM_RECURSIVE_API_CALL)
+        return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
+                              "called from inside a socket or timer callback");
     if (mc != CURLM_OK)
         return maas_error_set(err, MAAS_ERR_INTERNAL, "curl_multi_add_handle: %s",
                               curl_multi_strerror(mc));

@@ -45,6 +45,7 @@ struct maas_multi {
     int wake[2];                  /* event-loop mode: a pipe other threads write to */
     void *wake_payload;           /* what the application assigned to wake[0] */
     int ever_added;               /* streams were added: the mode is fixed */
+    int aborted;                  /* the socket callback refused: libcurl gave the multi up */
 };
 
 /* ---- the ready list --------------------------------------------------------- */
@@ -206,9 +207,13 @@ static int curl_timer(CURLM *cm, long timeout_ms, void *userp)
 static int curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     maas_multi *m = userp;
+    int rc;
     (void)easy;
     /* CURL_POLL_* and MAAS_POLL_* share their values (checked below). */
-    return m->on_socket ? m->on_socket((int)fd, what, m->cb_payload, socketp) : 0;
+    rc = m->on_socket ? m->on_socket((int)fd, what, m->cb_payload, socketp) : 0;
+    if (rc != 0)
+        m->aborted = 1; /* libcurl stops the whole multi: say so from now on */
+    return rc;
 }
 
 #if CURL_POLL_IN != MAAS_POLL_IN || CURL_POLL_OUT != MAAS_POLL_OUT || \
@@ -473,7 +478,7 @@ static maas_status curl_failed(CURLMcode mc)
                          "called from inside a socket or timer callback");
     case CURLM_ABORTED_BY_CALLBACK:
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
-                         "the socket or timer callback returned nonzero");
+                         "the socket callback returned nonzero: the multi is aborted");
     default:
         return maas_fail(MAAS_ERR_INTERNAL, "libcurl multi: %s", curl_multi_strerror(mc));
     }
@@ -572,11 +577,18 @@ maas_status maas_multi_set_callbacks(maas_multi *m, maas_socket_cb on_socket,
         m->wake[0] = m->wake[1] = -1;
         return maas_fail(MAAS_ERR_INTERNAL, "could not set libcurl's multi callbacks");
     }
+    if (on_socket(m->wake[0], MAAS_POLL_IN, payload, NULL) != 0) {
+        /* Back to perform/poll mode, as if nothing happened. */
+        curl_multi_setopt(m->cm, CURLMOPT_SOCKETFUNCTION, NULL);
+        curl_multi_setopt(m->cm, CURLMOPT_TIMERFUNCTION, NULL);
+        close(m->wake[0]);
+        close(m->wake[1]);
+        m->wake[0] = m->wake[1] = -1;
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "the socket callback refused the wake-up pipe");
+    }
     m->on_socket = on_socket;
     m->on_timer = on_timer;
     m->cb_payload = payload;
-    if (on_socket(m->wake[0], MAAS_POLL_IN, payload, NULL) != 0)
-        return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "the socket callback refused the wake-up pipe");
     return MAAS_OK;
 }
 
@@ -602,6 +614,9 @@ maas_status maas_multi_socket_action(maas_multi *m, int fd, int events, size_t *
     if (!m->on_socket)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
                          "the multi is not in event-loop mode: use maas_multi_perform/poll");
+    if (m->aborted)
+        return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
+                         "the socket callback returned nonzero: the multi is aborted");
     if (events & MAAS_POLL_IN)
         mask |= CURL_CSELECT_IN;
     if (events & MAAS_POLL_OUT)

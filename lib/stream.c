@@ -691,8 +691,8 @@ int64_t maas_stream_next_deadline(const maas_stream *s)
     int64_t d = INT64_MAX;
     if (s->state == S_BACKOFF)
         d = s->wake_at;
-    else if (s->x.added && s->x.idle_ms > 0)
-        d = s->x.idle_since + s->x.idle_ms;
+    else if (s->x.added && s->x.connected && s->x.idle_ms > 0)
+        d = s->x.idle_since + s->x.idle_ms; /* before the connection: libcurl's connect clock */
     if ((s->state == S_BACKOFF || s->x.added) && s->x.deadline_at && s->x.deadline_at < d)
         d = s->x.deadline_at;
     return d;

@@ -317,7 +317,7 @@ typedef struct maas_details {
     uint64_t seed;                  /**< valid when has_seed; may exceed INT64_MAX */
     int has_seed;
     const char *generated_text;     /**< the server's text (without special tokens); "" if absent;
-                                         at most MAAS_GENERATED_TEXT_MAX bytes */
+                                         cut after about MAAS_GENERATED_TEXT_MAX bytes */
     size_t generated_text_len;
     const char *request_id;         /**< "" if the server sent none */
     unsigned int attempts;          /**< HTTP attempts this generation took (retries and a
@@ -327,9 +327,11 @@ typedef struct maas_details {
 } maas_details;
 
 /**
- * generated_text in maas_details is kept up to this many bytes, so that a
- * stream's memory does not grow with its length (the server repeats the
- * whole text in its final message). The tokens themselves are never cut.
+ * generated_text in maas_details is kept up to about this many bytes (as
+ * they are on the wire, escapes included; the cut falls at most one network
+ * read later), so that a stream's memory does not grow with its length: the
+ * server repeats the whole text in its final message. The tokens themselves
+ * are never cut.
  */
 #define MAAS_GENERATED_TEXT_MAX (256u * 1024u)
 
@@ -489,7 +491,9 @@ MAAS_EXPORT long maas_multi_timeout(maas_multi *multi);
 
 /**
  * Told which socket to watch for what (MAAS_POLL_*). `socket_payload` is
- * what maas_multi_assign() attached to the socket, NULL at first. Return 0.
+ * what maas_multi_assign() attached to the socket, NULL at first. Return 0:
+ * nonzero aborts the multi for good (libcurl's rule); every later call on it
+ * then fails.
  */
 typedef int (*maas_socket_cb)(int fd, int what, void *payload, void *socket_payload);
 /**

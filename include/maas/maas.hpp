@@ -295,6 +295,7 @@ struct Details {
     std::uint32_t generated_tokens = 0;
     std::optional<std::uint64_t> seed;
     std::string generated_text;     /**< the server's text, without special tokens */
+    bool generated_text_truncated = false; /**< cut at about MAAS_GENERATED_TEXT_MAX */
     std::string request_id;
     unsigned attempts = 0;          /**< HTTP attempts the generation took */
 
@@ -308,6 +309,7 @@ struct Details {
             k.seed = d.seed;
         if (d.generated_text)
             k.generated_text.assign(d.generated_text, d.generated_text_len);
+        k.generated_text_truncated = d.generated_text_truncated != 0;
         k.request_id = detail::view(d.request_id);
         k.attempts = d.attempts;
         return k;

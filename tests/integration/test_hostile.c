@@ -962,6 +962,68 @@ static void test_raw_accept_silent(void **state)
     check_raw(RAW_ACCEPT_SILENT, want, want, want);
 }
 
+/* multi callbacks for the handshake test */
+static int hs_done_count;
+static maas_status hs_status;
+static void hs_done(maas_stream *st, maas_status status, void *payload)
+{
+    (void)st;
+    (void)payload;
+    hs_done_count++;
+    hs_status = status;
+}
+
+/*
+ * A TLS handshake that never completes belongs to the connect clock, not the
+ * idle clock (which starts once connected): CONNECT_TIMEOUT, in the blocking
+ * call and in a multi, where a clock that cannot fire must not spin the loop.
+ */
+static void test_tls_handshake_stall(void **state)
+{
+    rawserver *s = rawserver_start(RAW_ACCEPT_SILENT);
+    maas_client_options o;
+    maas_client *c = NULL;
+    maas_multi *m = NULL;
+    maas_stream *st = NULL;
+    maas_request r = MAAS_REQUEST_INIT;
+    char api[160], auth[160];
+    struct run *g = calloc(1, sizeof *g);
+    size_t running = 1;
+    long rounds = 0;
+    (void)state;
+    assert_non_null(s);
+    assert_non_null(g);
+    raw_options(&o, s, api, auth, sizeof api);
+    snprintf(api, sizeof api, "https://%s/v1/maas", rawserver_url(s) + strlen("http://"));
+    o.client_id = NULL;
+    o.client_secret = NULL;
+    o.token = "hostile-test-token";
+    o.idle_timeout_ms = 300; /* shorter than the connect clock on purpose */
+    o.connect_timeout_ms = 1500;
+    assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
+    gen_with(c, maas_model_list_find(CATALOGUE, MISTRAL), PROMPT, 5, g);
+    assert_int_equal(g->st, MAAS_ERR_CONNECT_TIMEOUT);
+
+    r.model_info = maas_model_list_find(CATALOGUE, MISTRAL);
+    r.prompt = PROMPT;
+    r.max_new_tokens = 5;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    hs_done_count = 0;
+    assert_int_equal(maas_multi_add(&st, m, &r, NULL, NULL, hs_done, NULL), MAAS_OK);
+    while (running > 0) {
+        assert_int_equal(maas_multi_poll(m, 1000, &running), MAAS_OK);
+        /* A spinning loop would make millions of rounds in 1.5 s. */
+        assert_true(++rounds < 2000);
+    }
+    assert_int_equal(hs_done_count, 1);
+    assert_int_equal(hs_status, MAAS_ERR_CONNECT_TIMEOUT);
+    maas_stream_free(st);
+    maas_multi_free(m);
+    maas_client_free(c);
+    rawserver_stop(s);
+    run_free(g);
+}
+
 static void test_raw_garbage(void **state)
 {
     /* libcurl takes an answer without a status line for HTTP/0.9, which it refuses. */
@@ -1008,6 +1070,7 @@ int main(void)
         cmocka_unit_test_setup(test_raw_endless_header, reset),
         cmocka_unit_test_setup(test_raw_slow_header, reset),
         cmocka_unit_test_setup(test_raw_accept_silent, reset),
+        cmocka_unit_test_setup(test_tls_handshake_stall, reset),
         cmocka_unit_test_setup(test_raw_garbage, reset),
         cmocka_unit_test_setup(test_raw_http09, reset),
     };
