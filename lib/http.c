@@ -223,12 +223,9 @@ size_t maas_http_header_cb(char *data, size_t size, size_t n, void *userp)
     /* A new status line starts a new response: forget the previous one's headers. */
     if (len >= 5 && !strncmp(data, "HTTP/", 5)) {
         m->retry_after = -1.0;
-        m->content_type[0] = '\0';
     } else if (len > 12 && !strncasecmp(data, "Retry-After:", 12)) {
         trim_value(data + 12, len - 12, value, sizeof value);
         m->retry_after = maas_http_parse_retry_after(value, time(NULL));
-    } else if (len > 13 && !strncasecmp(data, "Content-Type:", 13)) {
-        trim_value(data + 13, len - 13, m->content_type, sizeof m->content_type);
     }
     return len;
 }
@@ -322,7 +319,6 @@ maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err)
     curl_easy_reset(x->ch->easy);
     x->easy = x->ch->easy;
     x->done = 0;
-    x->received = 0;
     x->result = CURLE_OK;
     st = maas_http_setup(x->client, x->easy, x->errbuf, err);
 #if LIBCURL_VERSION_NUM >= 0x075000
@@ -655,7 +651,6 @@ static size_t fetch_write(char *data, size_t size, size_t n, void *userp)
     struct fetch_sink *s = userp;
     size_t len = size * n;
     maas_response *r = s->r;
-    s->x->received = 1;
     maas_xfer_mark(s->x);
     if (r->len + len > s->max) {
         s->too_big = 1;

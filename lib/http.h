@@ -55,7 +55,6 @@ void maas_http_headers_free(struct curl_slist *h);
 /* What a header callback learns of a response. */
 typedef struct maas_http_meta {
     double retry_after;      /* seconds, -1 when absent */
-    char content_type[96];
 } maas_http_meta;
 size_t maas_http_header_cb(char *data, size_t size, size_t n, void *meta);
 
@@ -74,7 +73,6 @@ typedef struct maas_xfer {
     int64_t deadline_at;     /* monotonic ms, 0 for none */
     int64_t idle_ms;         /* <= 0 for none */
     int64_t idle_since;      /* monotonic ms of the last activity mark */
-    int received;            /* any body byte arrived */
     int connected;           /* the connection is up: the idle clock runs */
     atomic_int *cancel;      /* may be NULL */
     char errbuf[CURL_ERROR_SIZE];

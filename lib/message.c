@@ -483,6 +483,20 @@ size_t maas_utf8_char_len(const char *str, size_t n)
     return len;
 }
 
+void maas_printable(char *s)
+{
+    size_t n = strlen(s), i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t k = c >= 0x80 ? maas_utf8_char_len(s + i, n - i) : (c >= 0x20 && c != 0x7F);
+        if (k == 0) {
+            s[i] = '?';
+            k = 1;
+        }
+        i += k;
+    }
+}
+
 void maas_copy_text(char *dst, size_t dstlen, const char *src, size_t srclen)
 {
     size_t n, i, k = 0;

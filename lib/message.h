@@ -79,4 +79,8 @@ void maas_copy_text(char *dst, size_t dstlen, const char *src, size_t srclen);
  */
 size_t maas_utf8_char_len(const char *s, size_t n);
 
+/* Make s safe to print: bytes that are not printable ASCII or part of a
+ * well-formed UTF-8 sequence become '?' (jansson quotes raw input in its errors). */
+void maas_printable(char *s);
+
 #endif

@@ -177,6 +177,9 @@ void maas_multi_track(maas_stream *s)
 static int64_t next_due(const maas_multi *m)
 {
     int64_t due = m->curl_due;
+    /* Streams still ready when pump() stopped its rounds: due at once. */
+    if (m->ready_head)
+        return maas_now_ms();
     if (m->heap_len && m->keys[0] < due)
         due = m->keys[0];
     return due;

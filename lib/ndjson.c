@@ -104,21 +104,6 @@ const char *maas_ndjson_error(const maas_ndjson *d)
     return d->err;
 }
 
-/* Make d->err safe to print: bytes that are not printable ASCII or part of
-   a well-formed UTF-8 sequence (jansson quotes the input) become '?'. */
-static void sanitize(char *s)
-{
-    size_t n = strlen(s), i = 0;
-    while (i < n) {
-        unsigned char c = (unsigned char)s[i];
-        size_t k = c >= 0x80 ? maas_utf8_char_len(s + i, n - i) : (c >= 0x20 && c != 0x7F);
-        if (k == 0) {
-            s[i] = '?';
-            k = 1;
-        }
-        i += k;
-    }
-}
 
 static maas_status fail(maas_ndjson *d, maas_status st, const char *fmt, ...) NDJSON_PRINTF(3, 4);
 
@@ -129,7 +114,7 @@ static maas_status fail(maas_ndjson *d, maas_status st, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(d->err, sizeof d->err, fmt, ap);
     va_end(ap);
-    sanitize(d->err);
+    maas_printable(d->err);
     d->failed = st;
     release_held(d);
     return st;

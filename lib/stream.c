@@ -175,7 +175,6 @@ static size_t on_write(char *data, size_t size, size_t n, void *userp)
 
     if (!s->http_status)
         curl_easy_getinfo(s->x.easy, CURLINFO_RESPONSE_CODE, &s->http_status);
-    s->x.received = 1;
     if (s->http_status != 200) {
         size_t keep = ERROR_BODY_MAX - s->error_len;
         char *b;
@@ -294,7 +293,6 @@ static maas_status start_attempt(maas_stream *s)
                               curl_easy_strerror(rc));
     maas_ndjson_reset(&s->dec);
     s->meta.retry_after = -1.0;
-    s->meta.content_type[0] = '\0';
     s->http_status = 0;
     s->headers_done = 0;
     s->error_len = 0;

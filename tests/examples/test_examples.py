@@ -16,7 +16,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-from emu import Emulator  # noqa: E402
+from emu import Emulator, run as emu_run  # noqa: E402
 
 WRAPPER = sys.argv[1:]
 MISTRAL = "mistralai/Mistral-7B-Instruct-v0.1"
@@ -24,9 +24,7 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def run(program, env, *args, wrapped=True, timeout=120):
-    cmd = (WRAPPER if wrapped else []) + [program, *args]
-    p = subprocess.run(cmd, capture_output=True, env=env, timeout=timeout)
-    return p.returncode, p.stdout.decode(), p.stderr.decode()
+    return emu_run((WRAPPER if wrapped else []) + [program, *args], env, timeout=timeout)
 
 
 class Examples(unittest.TestCase):

@@ -52,20 +52,6 @@ static int same_msg(const maas_msg *a, const maas_msg *b)
                   a->details.generated_text_len) == 0;
 }
 
-/* ndjson.c's sanitize(), to predict its error text. */
-static void sanitize(char *s)
-{
-    size_t n = strlen(s), i = 0;
-    while (i < n) {
-        unsigned char c = (unsigned char)s[i];
-        size_t k = c >= 0x80 ? maas_utf8_char_len(s + i, n - i) : (c >= 0x20 && c != 0x7F);
-        if (k == 0) {
-            s[i] = '?';
-            k = 1;
-        }
-        i += k;
-    }
-}
 
 /* The jansson-only decoding of line 1: status, message (root kept alive), error text. */
 static maas_status reference(const char *line, size_t len, maas_msg *m, json_t **root,
@@ -81,13 +67,13 @@ static maas_status reference(const char *line, size_t len, maas_msg *m, json_t *
         if (json_error_code(&jerr) == json_error_out_of_memory)
             return MAAS_ERR_NO_MEMORY;
         snprintf(err, errlen, "line 1: invalid JSON at column %d: %s", jerr.column, jerr.text);
-        sanitize(err);
+        maas_printable(err);
         return MAAS_ERR_PROTOCOL;
     }
     st = maas_msg_from_json(m, *root, why, sizeof why);
     if (st != MAAS_OK) {
         snprintf(err, errlen, "line 1: %s", why);
-        sanitize(err);
+        maas_printable(err);
         maas_msg_init(m);
     }
     return st;

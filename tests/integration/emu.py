@@ -7,6 +7,14 @@ import time
 import urllib.request
 
 
+def run(cmd, env, stdin=None, timeout=120):
+    """Run a program; (exit status, stdout, stderr). Bytes decoded by hand:
+    text mode would turn a token's "\\r" into "\\n"."""
+    p = subprocess.run(cmd, input=stdin.encode() if stdin else None, capture_output=True,
+                       env=env, timeout=timeout)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
 class Emulator:
     def __init__(self, *args):
         path = os.environ["MAAS_EMULATOR"]

@@ -122,8 +122,8 @@ static size_t sink(char *d, size_t s, size_t n, void *p)
     return s * n;
 }
 
-static long request(const char *url, const char *post, const char *ctype, const char *userpwd,
-                    struct body *out)
+static long request(const emu *e, const char *url, const char *post, const char *ctype,
+                    const char *userpwd, struct body *out)
 {
     CURL *h = curl_easy_init();
     struct curl_slist *hdr = NULL;
@@ -139,6 +139,8 @@ static long request(const char *url, const char *post, const char *ctype, const 
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sink);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, out);
+    if (e->ca[0])
+        curl_easy_setopt(h, CURLOPT_CAINFO, e->ca);
     if (post) {
         snprintf(ct, sizeof ct, "Content-Type: %s", ctype);
         hdr = curl_slist_append(hdr, ct);
@@ -161,7 +163,7 @@ long emu_stat(const emu *e, const char *name)
     json_t *root, *v;
     long out = -1;
     snprintf(url, sizeof url, "%s/emulator/stats", e->root);
-    if (request(url, NULL, NULL, NULL, &b) != 200)
+    if (request(e, url, NULL, NULL, NULL, &b) != 200)
         return -1;
     root = json_loads(b.buf, 0, NULL);
     v = json_object_get(root, name);
@@ -178,7 +180,7 @@ void emu_stat_string(const emu *e, const char *name, char *out, size_t outlen)
     json_t *root, *v;
     out[0] = '\0';
     snprintf(url, sizeof url, "%s/emulator/stats", e->root);
-    if (request(url, NULL, NULL, NULL, &b) != 200)
+    if (request(e, url, NULL, NULL, NULL, &b) != 200)
         return;
     root = json_loads(b.buf, 0, NULL);
     v = json_object_get(root, name);
@@ -210,7 +212,7 @@ long emu_post(const emu *e, const char *path, const char *json)
     struct body b;
     char url[512];
     snprintf(url, sizeof url, "%s%s", e->root, path);
-    return request(url, json ? json : "{}", "application/json", NULL, &b);
+    return request(e, url, json ? json : "{}", "application/json", NULL, &b);
 }
 
 long emu_fault(const emu *e, const char *path, const char *fault, int count)
@@ -226,7 +228,7 @@ int emu_fetch_token(const emu *e, char *out, size_t outlen)
     struct body b;
     json_t *root, *v;
     int rc = -1;
-    if (request(e->auth, "grant_type=client_credentials", "application/x-www-form-urlencoded",
+    if (request(e, e->auth, "grant_type=client_credentials", "application/x-www-form-urlencoded",
                 "test-client:test-secret", &b) != 200)
         return -1;
     root = json_loads(b.buf, 0, NULL);

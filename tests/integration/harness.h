@@ -13,6 +13,7 @@ typedef struct emu {
     char api[256];   /* MAAS_API_BASE_URL */
     char auth[256];  /* MAAS_AUTH_URL */
     char root[256];  /* MAAS_EMULATOR_URL */
+    char ca[256];    /* set after emu_start for an HTTPS emulator: the CA its own requests trust */
 } emu;
 
 /* Start the emulator with extra arguments (NULL-terminated list, may be NULL). 0 on success. */

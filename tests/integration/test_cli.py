@@ -8,17 +8,14 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from emu import Emulator  # noqa: E402
+from emu import Emulator, run as emu_run  # noqa: E402
 
 MAAS = os.environ.get("MAAS_CLI")
 MISTRAL = "mistralai/Mistral-7B-Instruct-v0.1"
 
 
 def run(emu, *args, stdin=None, env=None, timeout=60):
-    # Bytes, decoded by hand: text mode would turn a token's "\r" into "\n".
-    p = subprocess.run([MAAS, *args], input=stdin.encode() if stdin else None,
-                       capture_output=True, env=env or emu.env(), timeout=timeout)
-    return p.returncode, p.stdout.decode(), p.stderr.decode()
+    return emu_run([MAAS, *args], env or emu.env(), stdin=stdin, timeout=timeout)
 
 
 class Cli(unittest.TestCase):

@@ -174,89 +174,6 @@ static void remove_certificates(void)
     DIR_[0] = '\0';
 }
 
-/* ---- the emulator's counters, over verified HTTPS --------------------------- */
-
-struct body {
-    char buf[8192];
-    size_t len;
-};
-
-static size_t sink(char *d, size_t s, size_t n, void *p)
-{
-    struct body *b = p;
-    size_t len = s * n, room = sizeof b->buf - 1 - b->len;
-    if (len > room)
-        len = room;
-    memcpy(b->buf + b->len, d, len);
-    b->len += len;
-    b->buf[b->len] = '\0';
-    return s * n;
-}
-
-/* The harness's own requests trust the system store only: these trust CA. */
-static long https(const char *path, const char *post, struct body *b)
-{
-    CURL *h = curl_easy_init();
-    struct curl_slist *hdr = NULL;
-    char url[512];
-    long code = -1;
-    if (!h)
-        return -1;
-    b->len = 0;
-    b->buf[0] = '\0';
-    snprintf(url, sizeof url, "%s%s", E.root, path);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
-    curl_easy_setopt(h, CURLOPT_CAINFO, CA);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sink);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, b);
-    if (post) {
-        hdr = curl_slist_append(hdr, "Content-Type: application/json");
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, post);
-    }
-    if (curl_easy_perform(h) == CURLE_OK)
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(h);
-    return code;
-}
-
-static long stat_of(const char *name)
-{
-    struct body b;
-    json_t *root, *v;
-    long out = -1;
-    if (https("/emulator/stats", NULL, &b) != 200)
-        return -1;
-    root = json_loads(b.buf, 0, NULL);
-    v = json_object_get(root, name);
-    if (json_is_integer(v))
-        out = (long)json_integer_value(v);
-    json_decref(root);
-    return out;
-}
-
-/* Connections open at the emulator besides the stats request's own. */
-static long wait_connections(long want, long timeout_ms)
-{
-    struct timespec ts = { 0, 5 * 1000000L }, t0, t1;
-    long v;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        v = stat_of("connections_open");
-        if (v >= 0)
-            v--;
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        if (v == want ||
-            (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 > timeout_ms)
-            return v;
-        nanosleep(&ts, NULL);
-    }
-}
-
 /* ---- helpers ------------------------------------------------------------------- */
 
 static void options(maas_client_options *o)
@@ -279,7 +196,7 @@ static maas_client *client_from(const maas_client_options *o)
 static void finish(maas_client *c)
 {
     maas_client_free(c);
-    assert_int_equal(wait_connections(0, 5000), 0);
+    assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
 }
 
 static void assert_contains(const char *hay, const char *needle)
@@ -344,9 +261,9 @@ static void expect_refused(const maas_client_options *base, const char *needle)
     expect_tls(maas_generate(c, &r, NULL, NULL, NULL), needle);
     finish(c);
     /* Nothing got through: no token was issued, no API request was answered. */
-    assert_int_equal(stat_of("tokens_issued"), 0);
-    assert_int_equal(stat_of("models_requests"), 0);
-    assert_int_equal(stat_of("generate_requests"), 0);
+    assert_int_equal(emu_stat(&E, "tokens_issued"), 0);
+    assert_int_equal(emu_stat(&E, "models_requests"), 0);
+    assert_int_equal(emu_stat(&E, "generate_requests"), 0);
 }
 
 static void replace_host(char *out, size_t n, const char *url)
@@ -393,6 +310,8 @@ static int group_setup(void **state)
         remove_certificates();
         return -1;
     }
+    /* The harness's own requests (counters, reset) trust the test CA. */
+    snprintf(E.ca, sizeof E.ca, "%s", CA);
     replace_host(LOCAL_API, sizeof LOCAL_API, E.api);
     replace_host(LOCAL_AUTH, sizeof LOCAL_AUTH, E.auth);
     return 0;
@@ -410,10 +329,9 @@ static int group_teardown(void **state)
 
 static int reset(void **state)
 {
-    struct body b;
     (void)state;
     clear_env();
-    return https("/emulator/reset", "{}", &b) == 200 ? 0 : -1;
+    return emu_post(&E, "/emulator/reset", NULL) == 200 ? 0 : -1;
 }
 
 /* ---- tests ------------------------------------------------------------------------- */
@@ -435,8 +353,8 @@ static void test_ca_bundle(void **state)
     o.ca_bundle = CA;
     c = client_from(&o);
     expect_working(c);
-    assert_int_equal(stat_of("tokens_issued"), 1);
-    assert_int_equal(stat_of("generations"), 1);
+    assert_int_equal(emu_stat(&E, "tokens_issued"), 1);
+    assert_int_equal(emu_stat(&E, "generations"), 1);
     finish(c);
 }
 

@@ -36,20 +36,6 @@ typedef struct ref {
     char err[256];
 } ref;
 
-/* ndjson.c's sanitize(): bytes that are not printable ASCII or well-formed UTF-8 become '?'. */
-static void sanitize(char *s)
-{
-    size_t n = strlen(s), i = 0;
-    while (i < n) {
-        unsigned char c = (unsigned char)s[i];
-        size_t k = c >= 0x80 ? maas_utf8_char_len(s + i, n - i) : (c >= 0x20 && c != 0x7F);
-        if (k == 0) {
-            s[i] = '?';
-            k = 1;
-        }
-        i += k;
-    }
-}
 
 static void ref_decode(const char *line, size_t len, ref *r)
 {
@@ -63,13 +49,13 @@ static void ref_decode(const char *line, size_t len, ref *r)
         r->st = MAAS_ERR_PROTOCOL;
         snprintf(r->err, sizeof r->err, "line 1: invalid JSON at column %d: %s", jerr.column,
                  jerr.text);
-        sanitize(r->err);
+        maas_printable(r->err);
         return;
     }
     r->st = maas_msg_from_json(&r->m, r->root, why, sizeof why);
     if (r->st != MAAS_OK) {
         snprintf(r->err, sizeof r->err, "line 1: %s", why);
-        sanitize(r->err);
+        maas_printable(r->err);
         maas_msg_init(&r->m);
     }
 }
