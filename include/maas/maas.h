@@ -275,6 +275,13 @@ MAAS_EXPORT const char *maas_model_product_id(const maas_model *model);
  * (from a model list) or `model` must be set; `model` may be a model name
  * or a product name and is resolved through the client's catalogue (fetched
  * once per client).
+ *
+ * What the service does with it: `prompt` is the user's plain text. The
+ * server wraps it in the model's own chat template, after a system prompt
+ * of its own (which takes part of the model's input budget), so do not add
+ * a template yourself: it would be applied twice. A prompt the service's
+ * safety check rejects is not an error: it gets a normal stream, a short
+ * refusal ending with an end-of-sequence token (MAAS_FINISH_EOS_TOKEN).
  */
 typedef struct maas_request {
     unsigned int version;          /**< MAAS_REQUEST_VERSION */
@@ -282,7 +289,7 @@ typedef struct maas_request {
     const maas_model *model_info;  /**< takes precedence over `model` */
     const char *prompt;            /**< at least 2 characters, valid UTF-8 */
     int max_new_tokens;            /**< [1, 2048); 0: MAAS_DEFAULT_MAX_NEW_TOKENS */
-    double temperature;            /**< [0, 1); 0 is greedy decoding */
+    double temperature;            /**< [0, 1); 0: the server's default (0.1), not greedy */
     const char *params_json;       /**< NULL or a JSON object merged into request.params
                                         (forward compatibility); the two fields above win */
 } maas_request;

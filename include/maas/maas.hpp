@@ -249,7 +249,7 @@ struct Request {
     std::string model{};
     std::string prompt{};
     int max_new_tokens = 0;   /**< [1, 2048); 0: MAAS_DEFAULT_MAX_NEW_TOKENS */
-    double temperature = 0.0; /**< [0, 1); 0 is greedy decoding */
+    double temperature = 0.0; /**< [0, 1); 0: the server's default (0.1), not greedy */
     std::string params_json{}; /**< a JSON object merged into request.params, or "" */
     Model model_info{};        /**< takes precedence over `model` */
 

@@ -12,17 +12,31 @@ sanitizer flags of the build under test do not leak into the consumers),
 built and installed. Then, from other temporary directories:
 
   layout      the installed files: libmaas.so.0 (SONAME), libmaas.so, libmaas.a,
-              maas/maas.h and maas/maas.hpp, libmaas.pc, the maas and
-              maas-emulator programs, man pages (3 for every MAAS_EXPORT
-              function, 1 for maas and maas-emulator, 7 for libmaas), which
-              groff reads without a warning; what pkg-config says
+              maas/maas.h and maas/maas.hpp, libmaas.pc and libmaas-static.pc,
+              the CMake package files, the maas and maas-emulator programs,
+              the examples, man pages (3 for every MAAS_EXPORT function and
+              for the guides, 1 for maas and maas-emulator), which groff
+              reads without a warning and which name no file of the source
+              tree and nothing outside the project; what pkg-config says
+  rpath       the installed maas and maas-demo run without LD_LIBRARY_PATH:
+              their run path is relative to their own location ($ORIGIN)
   pkgconfig   a C program built with `pkg-config --cflags --libs libmaas`
-  static      the same linked with libmaas.a (`pkg-config --static`); libcurl
-              and jansson stay shared, so their own private libraries are left out
+  static      the same linked with libmaas.a, as getting-started.md says:
+              `pkg-config --cflags --libs libmaas-static`
   cpp         a C++17 program using <maas/maas.hpp>
-  subproject  a meson project with the source tree as subprojects/libmaas:
-              dependency('libmaas') is the subproject's override
+  uninstalled a C program built from the build tree through the uninstalled
+              libmaas.pc: its include path reaches include/ and no private
+              header (the program includes glibc's <error.h>)
+  subproject  a meson project with the source tree as subprojects/libmaas,
+              the parent choosing default_library=shared: dependency('libmaas')
+              is the subproject's override; no man page is built and
+              `meson install` installs nothing of libmaas
+  subproject_static  the same with default_library=static: the program
+              needs no libmaas.so
   cmake       a CMake project: pkg_check_modules(... IMPORTED_TARGET libmaas)
+  cmake_find  a CMake project: find_package(libmaas 0.1) and libmaas::libmaas,
+              the prefix in CMAKE_PREFIX_PATH; a request for 1.0 is refused
+  cmake_static the same with libmaas::libmaas_static
 
 Each program streams a short generation from the installed maas-emulator;
 all must print the same text. The last line reads 'N passed, N failed,
@@ -47,7 +61,22 @@ sys.path.insert(0, os.path.join(HERE, "..", "abi"))
 from emu import Emulator  # noqa: E402
 from check_exports import header_functions  # noqa: E402
 
-SUBTESTS = ["layout", "pkgconfig", "static", "cpp", "subproject", "cmake"]
+SUBTESTS = ["layout", "rpath", "pkgconfig", "static", "cpp", "uninstalled", "subproject",
+            "subproject_static", "cmake", "cmake_find", "cmake_static"]
+
+# The guides installed as man pages (docs/meson.build), section 3.
+GUIDE_PAGES = ["libmaas", "libmaas-errors", "libmaas-multi", "libmaas-threading", "libmaas-cpp",
+               "libmaas-streaming", "libmaas-configuration"]
+INSTALLED_EXAMPLES = ["hello.c", "multi-poll.c", "multi-uv.c", "cpp-example.cpp"]
+
+# What an installed man page must not name: a path of the source or build
+# tree (its reader may have neither), a Markdown source, a path that climbs
+# out of somewhere, or a document that is not part of the project.
+SOURCE_PATH_RE = re.compile(
+    r"(?<![\w/.-])(?:docs|examples|tests|lib|scripts|build|abi|pkgconfig|debian|cmake|"
+    r"subprojects|include/maas)/"
+    r"|\w\.md\b|\.\./|API-FACTS|DESIGN\.md|/work/|/tmp/|/home/")
+
 
 
 class Failure(Exception):
@@ -114,6 +143,8 @@ class Install:
         def where(name):
             return os.path.join(self.prefix, d[name])  # an absolute value stays as it is
 
+        self.build = build
+        self.datadir = where("datadir")
         self.libdir = where("libdir")
         self.bindir = where("bindir")
         self.includedir = where("includedir")
@@ -147,6 +178,12 @@ def test_layout(inst, work):
     need(os.path.join(inst.includedir, "maas", "maas.h"), "the C header")
     need(os.path.join(inst.includedir, "maas", "maas.hpp"), "the C++ header")
     need(os.path.join(inst.pcdir, "libmaas.pc"), "the pkg-config file")
+    need(os.path.join(inst.pcdir, "libmaas-static.pc"), "the static pkg-config file")
+    for f in ("libmaasConfig.cmake", "libmaasConfigVersion.cmake"):
+        need(os.path.join(inst.libdir, "cmake", "libmaas", f), "the CMake package file")
+    examples = os.path.join(inst.datadir, "doc", "libmaas", "examples")
+    for f in INSTALLED_EXAMPLES:
+        need(os.path.join(examples, f), "the example the man pages name")
     for prog in ("maas", "maas-emulator"):
         p = os.path.join(inst.bindir, prog)
         if not os.access(p, os.X_OK):
@@ -156,7 +193,7 @@ def test_layout(inst, work):
         if soname != "libmaas.so.0":
             problems.append("SONAME %s, want libmaas.so.0" % soname)
 
-    pages = ["man1/maas.1", "man1/maas-emulator.1", "man7/libmaas.7"]
+    pages = ["man1/maas.1", "man1/maas-emulator.1"] + ["man3/%s.3" % g for g in GUIDE_PAGES]
     header = os.path.join(inst.includedir, "maas", "maas.h")
     functions = header_functions(header) if os.path.exists(header) else set()
     if not functions:
@@ -169,8 +206,11 @@ def test_layout(inst, work):
             problems.append("man page %s not installed%s" % (page, hint))
     man3 = os.path.join(inst.mandir, "man3")
     extra = set(os.listdir(man3) if os.path.isdir(man3) else []) - {"%s.3" % f for f in functions}
-    for page in sorted(extra):
-        problems.append("man3/%s names no function of the header" % page)
+    for page in sorted(extra - {"%s.3" % g for g in GUIDE_PAGES}):
+        problems.append("man3/%s names no function of the header and is no guide" % page)
+    for d in sorted(set(os.listdir(inst.mandir)) - {"man1", "man3"}):
+        problems.append("unexpected man page directory %s: %s" % (d, os.listdir(os.path.join(inst.mandir, d))))
+    problems += man_page_references(inst.mandir, examples)
     groff = shutil.which("groff")
     if groff:
         for page in pages:
@@ -205,6 +245,76 @@ def test_layout(inst, work):
         raise Failure("\n".join(problems))
 
 
+def man_page_references(mandir, examples):
+    """Problems with what the installed man pages point at."""
+    problems = []
+    for sect in sorted(os.listdir(mandir)):
+        for page in sorted(os.listdir(os.path.join(mandir, sect))):
+            path = os.path.join(mandir, sect, page)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            for n, line in enumerate(text.split("\n"), 1):
+                if line.startswith('.\\"'):  # a roff comment
+                    continue
+                plain = line.replace("\\-", "-").replace("\\%", "").replace("\\e", "\\")
+                plain = re.sub(r"\\f[BIRP]", "", plain)
+                m = SOURCE_PATH_RE.search(plain.replace(examples, "EXAMPLES"))
+                if m:
+                    problems.append("%s/%s:%d names %r: %s" % (sect, page, n, m.group(0), plain.strip()))
+                # A path of the installed examples must exist.
+                for ex in re.findall(re.escape(examples) + r"/[\w.-]+", plain):
+                    if not os.path.exists(ex):
+                        problems.append("%s/%s:%d names %s, which is not installed" % (sect, page, n, ex))
+    return problems
+
+
+def test_rpath(inst, work):
+    emu_env = inst.emu.env()
+    emu_env.pop("LD_LIBRARY_PATH", None)
+    for prog in ("maas", "maas-demo"):
+        exe = os.path.join(inst.bindir, prog)
+        needed, _, runpath = readelf_dynamic(exe)
+        if "libmaas.so.0" not in needed:
+            raise Failure("%s does not need libmaas.so.0: %s" % (prog, needed))
+        if not runpath.startswith("$ORIGIN/"):
+            raise Failure("%s has no run path relative to itself: %r" % (prog, runpath))
+        where = os.path.normpath(runpath.replace("$ORIGIN", inst.bindir))
+        if where != os.path.normpath(inst.libdir):
+            raise Failure("%s's run path %s is %s, not %s" % (prog, runpath, where, inst.libdir))
+    # They run as installed, the loader told nothing.
+    r = sh([os.path.join(inst.bindir, "maas"), "models"], env=emu_env, check=False)
+    if r.returncode != 0 or "mistralai/Mistral-7B-Instruct-v0.1" not in r.stdout:
+        raise Failure("installed maas models: exit %d, %s%s" % (r.returncode, r.stdout, r.stderr))
+    r = sh([os.path.join(inst.bindir, "maas-demo")], env=dict(emu_env, MAAS_DEMO_PAUSE_MS="0"),
+           check=False)
+    if r.returncode != 0 or "Authentication successful" not in r.stdout:
+        raise Failure("installed maas-demo: exit %d, %s%s" % (r.returncode, r.stdout[-2000:], r.stderr))
+    return None
+
+
+def test_uninstalled(inst, work):
+    shutil.copy(os.path.join(CONSUMER, "private-headers.c"), work)
+    shutil.copy(os.path.join(CONSUMER, "consumer.c"), work)
+    env = base_env()
+    env["PKG_CONFIG_PATH"] = os.path.join(inst.build, "meson-uninstalled")
+    cflags = shlex.split(sh(["pkg-config", "--cflags", "libmaas"], env=env).stdout)
+    private = [f for f in os.listdir(os.path.join(inst.root, "lib")) if f.endswith(".h")]
+    for f in cflags:
+        if f.startswith("-I"):
+            for h in private:
+                if os.path.exists(os.path.join(f[2:], h)):
+                    raise Failure("the uninstalled libmaas.pc's %s reaches the private %s" % (f, h))
+    libs = shlex.split(sh(["pkg-config", "--libs", "libmaas"], env=env).stdout)
+    cc = tool(os.environ.get("CC", "cc"))
+    sh([cc, "-std=gnu99", "-Wall", "-Wextra", "-Werror", "private-headers.c", "-o", "private-headers"]
+       + cflags + libs, cwd=work, env=env)
+    exe = os.path.join(work, "consumer")
+    compile_and_check([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "consumer.c", "-o", exe]
+                      + cflags + libs, work, exe)
+    libdir = [f[2:] for f in libs if f.startswith("-L")]
+    return exe, {"LD_LIBRARY_PATH": ":".join(libdir)}
+
+
 def compile_and_check(cmd, work, exe):
     sh(cmd, cwd=work)
     if not os.path.exists(exe):
@@ -228,15 +338,9 @@ def test_static(inst, work):
     shutil.copy(os.path.join(CONSUMER, "consumer.c"), work)
     exe = os.path.join(work, "consumer")
     cc = tool(os.environ.get("CC", "cc"))
-    libs = inst.pkg_config("--static", "--libs", "libmaas")
-    # libmaas from its archive; libcurl and jansson stay shared, so their own
-    # Libs.private (what a static libcurl would need) are not wanted.
-    private = set()
-    for dep in ("libcurl", "jansson"):
-        private |= set(inst.pkg_config("--static", "--libs", dep)) - set(inst.pkg_config("--libs", dep))
-    libs = ["-l:libmaas.a" if f == "-lmaas" else f for f in libs if f not in private]
+    # getting-started.md's recipe, as it is written there.
     cmd = [cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "consumer.c", "-o", exe]
-    compile_and_check(cmd + inst.pkg_config("--static", "--cflags", "libmaas") + libs, work, exe)
+    compile_and_check(cmd + inst.pkg_config("--cflags", "--libs", "libmaas-static"), work, exe)
     needed, _, _ = readelf_dynamic(exe)
     if any(n.startswith("libmaas") for n in needed):
         raise Failure("the static consumer needs %s" % needed)
@@ -255,23 +359,56 @@ def test_cpp(inst, work):
     return exe, {"LD_LIBRARY_PATH": inst.libdir}
 
 
-def test_subproject(inst, work):
-    for f in ("meson.build", "consumer.c"):
+def subproject(inst, work, library):
+    for f in ("meson.build", "meson_options.txt", "consumer.c"):
         shutil.copy(os.path.join(CONSUMER, f), work)
     os.makedirs(os.path.join(work, "subprojects"))
     os.symlink(inst.root, os.path.join(work, "subprojects", "libmaas"))
     # No pkg-config path to the installation: only the subproject can answer.
     env = base_env()
-    r = sh([inst.meson, "setup", "build"], cwd=work, env=env)
+    r = sh([inst.meson, "setup", "build", "-Dmaas_library=" + library], cwd=work, env=env)
     if not re.search(r"Dependency libmaas found: YES \S+ \(overridden\)", r.stdout):
         raise Failure("dependency('libmaas') was not the subproject's override:\n" + r.stdout)
     sh(["ninja", "-C", "build"], cwd=work, env=env)
+    problems = []
+    # No man page built, nothing of libmaas installed.
+    sub = os.path.join(work, "build", "subprojects", "libmaas")
+    for dirpath, _, files in os.walk(sub):
+        for f in files:
+            if re.search(r"\.[137]$", f):
+                problems.append("the subproject built the man page %s" % os.path.join(dirpath, f))
+    dest = os.path.join(work, "destdir")
+    sh([inst.meson, "install", "-C", "build", "--no-rebuild", "--destdir", dest], cwd=work, env=env)
+    installed = []
+    for dirpath, _, files in os.walk(dest):
+        installed += [os.path.relpath(os.path.join(dirpath, f), dest) for f in files]
+    if not any(os.path.basename(f) == "consumer" for f in installed):
+        problems.append("meson install did not install the parent's consumer: %s" % installed)
+    others = [f for f in installed if os.path.basename(f) != "consumer"]
+    if others:
+        problems.append("meson install installed files of libmaas: %s" % others)
     exe = os.path.join(work, "build", "consumer")
     needed, _, runpath = readelf_dynamic(exe)
-    if "libmaas.so.0" not in needed or "subprojects/libmaas" not in runpath:
-        raise Failure("consumer does not use the subproject's library: NEEDED %s, RUNPATH %s"
-                      % (needed, runpath))
+    if library == "shared":
+        if "libmaas.so.0" not in needed or "subprojects/libmaas" not in runpath:
+            problems.append("consumer does not use the subproject's shared library: NEEDED %s, "
+                            "RUNPATH %s" % (needed, runpath))
+    else:
+        if any(n.startswith("libmaas") for n in needed):
+            problems.append("the static consumer needs %s" % needed)
+        if not re.search(r" T maas_generate$", sh(["nm", exe]).stdout, re.M):
+            problems.append("maas_generate is not linked into the static consumer")
+    if problems:
+        raise Failure("\n".join(problems))
     return exe, {}
+
+
+def test_subproject(inst, work):
+    return subproject(inst, work, "shared")
+
+
+def test_subproject_static(inst, work):
+    return subproject(inst, work, "static")
 
 
 def test_cmake(inst, work):
@@ -287,6 +424,54 @@ def test_cmake(inst, work):
         raise Failure("consumer does not need libmaas.so.0: %s" % needed)
     # CMake links the library by its full path and records the directory.
     return exe, {} if inst.libdir in runpath.split(":") else {"LD_LIBRARY_PATH": inst.libdir}
+
+
+def cmake_find(inst, work, static):
+    cmake = tool("cmake")
+    src = os.path.join(work, "src")
+    shutil.copytree(os.path.join(CONSUMER, "find-package"), src)
+    shutil.copy(os.path.join(CONSUMER, "consumer.c"), src)
+    build = os.path.join(work, "build")
+    # No pkg-config path: the package files alone must do.
+    env = base_env()
+    sh([cmake, "-S", src, "-B", build, "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        "-DCMAKE_PREFIX_PATH=" + inst.prefix, "-DMAAS_STATIC=" + ("ON" if static else "OFF")],
+       env=env)
+    sh([cmake, "--build", build], env=env)
+    exe = os.path.join(build, "consumer")
+    needed, _, runpath = readelf_dynamic(exe)
+    if static:
+        if any(n.startswith("libmaas") for n in needed):
+            raise Failure("the static consumer needs %s" % needed)
+        if not re.search(r" T maas_generate$", sh(["nm", exe]).stdout, re.M):
+            raise Failure("maas_generate is not linked into the static consumer")
+        return exe, {}
+    if "libmaas.so.0" not in needed:
+        raise Failure("consumer does not need libmaas.so.0: %s" % needed)
+    if inst.libdir not in runpath.split(":"):
+        raise Failure("CMake did not record %s as the run path: %r" % (inst.libdir, runpath))
+    return exe, {}
+
+
+def test_cmake_find(inst, work):
+    got = cmake_find(inst, work, False)
+    # The version file refuses a version this installation does not serve.
+    cmake = tool("cmake")
+    src = os.path.join(work, "refused")
+    os.makedirs(src)
+    with open(os.path.join(src, "CMakeLists.txt"), "w") as f:
+        f.write("cmake_minimum_required(VERSION 3.10)\nproject(refused C)\n"
+                "find_package(libmaas 1.0 REQUIRED)\n")
+    r = sh([cmake, "-S", src, "-B", os.path.join(work, "refused-build"),
+            "-DCMAKE_PREFIX_PATH=" + inst.prefix], check=False)
+    if r.returncode == 0 or "libmaas" not in r.stderr:
+        raise Failure("find_package(libmaas 1.0) was not refused: exit %d\n%s"
+                      % (r.returncode, r.stderr))
+    return got
+
+
+def test_cmake_static(inst, work):
+    return cmake_find(inst, work, True)
 
 
 # ---- main -------------------------------------------------------------------
@@ -318,6 +503,7 @@ def main(argv):
             return 1
         os.environ["MAAS_EMULATOR"] = os.path.join(inst.bindir, "maas-emulator")
         emu = Emulator()
+        inst.emu = emu
         for name in wanted:
             work = os.path.join(tmp, name)
             os.makedirs(work)
@@ -364,7 +550,7 @@ def main(argv):
     failed = sum(1 for r in results.values() if r == "FAIL")
     skipped = sum(1 for r in results.values() if r.startswith("SKIP"))
     for name, r in results.items():
-        print("%-11s %s" % (name, r))
+        print("%-17s %s" % (name, r))
     print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
     if failed:
         return 1
