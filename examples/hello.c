@@ -2,6 +2,7 @@
 #include <maas/maas.h>
 
 static int print(const maas_token *t, void *payload) {
+    (void)payload;                              /* no state needed here */
     if (!t->special) fwrite(t->text, 1, t->text_len, stdout);
     return 0;                                   /* nonzero would cancel */
 }
