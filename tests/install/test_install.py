@@ -15,7 +15,7 @@ built and installed. Then, from other temporary directories:
               maas/maas.h and maas/maas.hpp, libmaas.pc and libmaas-static.pc,
               the CMake package files, the maas and maas-emulator programs,
               the examples, man pages (3 for every MAAS_EXPORT function and
-              for the guides, 1 for maas and maas-emulator), which groff
+              for the guides, 1 for the three programs), which groff
               reads without a warning and which name no file of the source
               tree and nothing outside the project; what pkg-config says
   rpath       the installed maas and maas-demo run without LD_LIBRARY_PATH:
@@ -75,7 +75,7 @@ INSTALLED_EXAMPLES = ["hello.c", "multi-poll.c", "multi-uv.c", "cpp-example.cpp"
 SOURCE_PATH_RE = re.compile(
     r"(?<![\w/.-])(?:docs|examples|tests|lib|scripts|build|abi|pkgconfig|debian|cmake|"
     r"subprojects|include/maas)/"
-    r"|\w\.md\b|\.\./|API-FACTS|DESIGN\.md|/work/|/tmp/|/home/")
+    r"|\w\.md\b|\.\./|API-FACTS|DESIGN\.md|/tmp/|/home/")
 
 
 
@@ -193,7 +193,7 @@ def test_layout(inst, work):
         if soname != "libmaas.so.0":
             problems.append("SONAME %s, want libmaas.so.0" % soname)
 
-    pages = ["man1/maas.1", "man1/maas-emulator.1"] + ["man3/%s.3" % g for g in GUIDE_PAGES]
+    pages = ["man1/maas.1", "man1/maas-demo.1", "man1/maas-emulator.1"] + ["man3/%s.3" % g for g in GUIDE_PAGES]
     header = os.path.join(inst.includedir, "maas", "maas.h")
     functions = header_functions(header) if os.path.exists(header) else set()
     if not functions:

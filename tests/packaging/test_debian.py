@@ -117,7 +117,8 @@ def check_contents(debs, version, multiarch):
                         "/usr/share/man/man3/maas_generate.3.gz",
                         "/usr/share/doc/libmaas/examples/multi-poll.c"],
         "maas-tools": ["/usr/bin/maas", "/usr/bin/maas-demo", "/usr/bin/maas-emulator",
-                       "/usr/share/man/man1/maas.1.gz", "/usr/share/man/man1/maas-emulator.1.gz"],
+                       "/usr/share/man/man1/maas.1.gz", "/usr/share/man/man1/maas-demo.1.gz",
+                       "/usr/share/man/man1/maas-emulator.1.gz"],
     }
     # What must stay out of a package.
     forbid = {
