@@ -94,10 +94,11 @@ void run_all()
               [&](const maas::Done &done) { ends.push_back(done.status); }, ec);
         CHECK(!ec);
     }
-    for (int i = 0; i < 100000 && m.size() > 0; i++) {
+    do {
         m.poll(1000, ec);
         CHECK(!ec);
-    }
+    } while (!ec && m.running() > 0);
+    CHECK(m.size() == 0);
     CHECK(ends.size() == 3);
     int ok = 0, limited = 0;
     for (maas_status st : ends) {
