@@ -91,8 +91,10 @@ private:
             wait(fd, s, 1);
     }
 
-    // asio waits for a new readiness edge: a socket that is ready already
-    // (libcurl may have left data unread) is handled at once instead.
+    // asio's reactor is edge-triggered: a socket that is ready already
+    // (libcurl may leave data unread) is handled at once rather than left to
+    // wait for an edge that may not come. A precaution: the tests, bursts of
+    // thousands of tokens included, have not needed it.
     void wait(int fd, std::shared_ptr<Sock> s, int dir)
     {
         struct pollfd p = {fd, static_cast<short>(dir ? POLLOUT : POLLIN), 0};
