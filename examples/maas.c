@@ -58,7 +58,8 @@ static void usage(FILE *f)
           "  --connect-timeout S   connect timeout (default 10)\n"
           "  --retries N           retries before the first token (default 2, 0: none)\n"
           "  --json                one JSON object per event on stdout\n"
-          "  --details             finish reason, token count and seed on stderr at the end\n"
+          "  --details             finish reason, token count, seed, timings and rate-limit\n"
+          "                        headers on stderr at the end (rate limits after a failure too)\n"
           "\n"
           "Environment: MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT,\n"
           "  MAAS_API_BASE_URL, MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_LOG.\n"
@@ -96,6 +97,7 @@ static int exit_code_for(maas_status st)
     case MAAS_ERR_TLS:
     case MAAS_ERR_NETWORK:
     case MAAS_ERR_CONNECT_TIMEOUT:
+    case MAAS_ERR_PROXY:
         return EXIT_NETWORK;
     case MAAS_ERR_IDLE_TIMEOUT:
     case MAAS_ERR_DEADLINE:
@@ -280,6 +282,19 @@ static int on_token(const maas_token *t, void *payload)
     return 0;
 }
 
+/* The rate-limit headers of an answer, one "name: value" line each; nothing for those absent. */
+static void print_rate(FILE *f, double retry_after, long limit, long remaining, double reset)
+{
+    if (limit >= 0)
+        fprintf(f, "rate_limit_limit: %ld\n", limit);
+    if (remaining >= 0)
+        fprintf(f, "rate_limit_remaining: %ld\n", remaining);
+    if (reset >= 0)
+        fprintf(f, "rate_limit_reset: %.3f s\n", reset);
+    if (retry_after >= 0)
+        fprintf(f, "retry_after: %.3f s\n", retry_after);
+}
+
 static void print_details(FILE *f, const maas_details *d, int json)
 {
     if (json) {
@@ -294,6 +309,18 @@ static void print_details(FILE *f, const maas_details *d, int json)
         json_string(f, d->generated_text, d->generated_text_len);
         if (d->generated_text_truncated)
             fputs(",\"generated_text_truncated\":true", f);
+        fprintf(f, ",\"total_time\":%.6f,\"tokens_per_second\":%.3f", d->total_time,
+                d->tokens_per_second);
+        if (d->time_to_first_token >= 0)
+            fprintf(f, ",\"time_to_first_token\":%.6f", d->time_to_first_token);
+        if (d->rate_limit_limit >= 0)
+            fprintf(f, ",\"rate_limit_limit\":%ld", d->rate_limit_limit);
+        if (d->rate_limit_remaining >= 0)
+            fprintf(f, ",\"rate_limit_remaining\":%ld", d->rate_limit_remaining);
+        if (d->rate_limit_reset >= 0)
+            fprintf(f, ",\"rate_limit_reset\":%.3f", d->rate_limit_reset);
+        if (d->retry_after >= 0)
+            fprintf(f, ",\"retry_after\":%.3f", d->retry_after);
         fputs("}\n", f);
     } else {
         fprintf(f, "finish_reason: %s\ngenerated_tokens: %u\n",
@@ -303,6 +330,12 @@ static void print_details(FILE *f, const maas_details *d, int json)
             fprintf(f, "seed: %llu\n", (unsigned long long)d->seed);
         if (d->request_id[0])
             fprintf(f, "request_id: %s\n", d->request_id);
+        if (d->time_to_first_token >= 0)
+            fprintf(f, "time_to_first_token: %.3f s\n", d->time_to_first_token);
+        fprintf(f, "total_time: %.3f s\ntokens_per_second: %.1f\n", d->total_time,
+                d->tokens_per_second);
+        print_rate(f, d->retry_after, d->rate_limit_limit, d->rate_limit_remaining,
+                   d->rate_limit_reset);
     }
 }
 
@@ -514,6 +547,11 @@ static int cmd_generate(int argc, char **argv)
             rc = EXIT_INTERRUPTED;
         } else {
             rc = report(st, e ? e : maas_last_error());
+            if (!e)
+                e = maas_last_error();
+            if (details && e)
+                print_rate(stderr, e->retry_after, e->rate_limit_limit, e->rate_limit_remaining,
+                           e->rate_limit_reset);
         }
     }
 out:

@@ -30,6 +30,8 @@ static size_t options_size(unsigned int version)
     switch (version) {
     case 1:
         return offsetof(maas_client_options, insecure_skip_tls_verify) + sizeof(int);
+    case 2:
+        return offsetof(maas_client_options, proxy_ca_bundle) + sizeof(const char *);
     default:
         return 0;
     }
@@ -75,6 +77,9 @@ maas_status maas_client_options_from_env(maas_client_options *opts, unsigned int
     opts->token = env("MAAS_TOKEN");
     opts->ca_bundle = env("MAAS_CA_BUNDLE");
     opts->log_level = maas_log_level_from_env();
+    /* The proxy itself comes from HTTPS_PROXY and friends, which libcurl reads. */
+    if (version >= 2)
+        opts->proxy_ca_bundle = env("MAAS_PROXY_CA_BUNDLE");
     return MAAS_OK;
 }
 
@@ -130,6 +135,8 @@ static void client_destroy(maas_client *c)
     free(c->api_base_url);
     free(c->auth_url);
     free(c->ca_bundle);
+    maas_wipe_free(c->proxy); /* may hold the proxy's password */
+    free(c->proxy_ca_bundle);
     maas_wipe(c, sizeof *c);
     free(c);
 }
@@ -167,8 +174,13 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *caller
         (st = check_string("ca_bundle", opts->ca_bundle, &err)) ||
         (st = check_string("client_secret", opts->client_secret, &err)) ||
         (st = check_string("token", opts->token, &err)) ||
-        (st = check_string("user_agent_suffix", opts->user_agent_suffix, &err)))
+        (st = check_string("user_agent_suffix", opts->user_agent_suffix, &err)) ||
+        (st = check_string("proxy", opts->proxy, &err)) ||
+        (st = check_string("proxy_ca_bundle", opts->proxy_ca_bundle, &err)))
         return maas_error_publish(&err);
+    /* Named without its value: a proxy URL may carry a password. */
+    if (opts->proxy && opts->proxy[0] && !url_ok(opts->proxy))
+        return maas_fail(MAAS_ERR_CONFIG, "proxy must start with http:// or https://");
     if (opts->user_agent_suffix && strlen(opts->user_agent_suffix) > 64)
         return maas_fail(MAAS_ERR_CONFIG, "user_agent_suffix is longer than 64 bytes");
     if (!opts->token && (!opts->client_id || !opts->client_secret))
@@ -203,6 +215,8 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *caller
                                                      : MAAS_DEFAULT_API_BASE_URL, &oom);
     c->auth_url = dup_or_null(opts->auth_url ? opts->auth_url : MAAS_DEFAULT_AUTH_URL, &oom);
     c->ca_bundle = dup_or_null(opts->ca_bundle, &oom);
+    c->proxy = dup_or_null(opts->proxy, &oom);
+    c->proxy_ca_bundle = dup_or_null(opts->proxy_ca_bundle, &oom);
     if (oom) {
         client_destroy(c);
         return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a client");

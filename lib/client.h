@@ -17,6 +17,8 @@ struct maas_client {
     char *api_base_url;        /* without a trailing '/' */
     char *auth_url;
     char *ca_bundle;
+    char *proxy;               /* NULL: libcurl's environment; "": none; wiped when freed */
+    char *proxy_ca_bundle;     /* NULL: ca_bundle */
     long connect_timeout_ms;
     long idle_timeout_ms;      /* <= 0: none */
     long deadline_ms;          /* <= 0: none */

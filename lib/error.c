@@ -37,6 +37,7 @@ const char *maas_strerror(maas_status status)
     case MAAS_ERR_LINE_TOO_LONG: return "line too long";
     case MAAS_ERR_CANCELLED: return "cancelled";
     case MAAS_ERR_INTERNAL: return "internal error";
+    case MAAS_ERR_PROXY: return "proxy error";
     }
     return "unknown status";
 }
@@ -72,6 +73,7 @@ const char *maas_status_name(maas_status status)
     NAME(MAAS_ERR_LINE_TOO_LONG)
     NAME(MAAS_ERR_CANCELLED)
     NAME(MAAS_ERR_INTERNAL)
+    NAME(MAAS_ERR_PROXY)
 #undef NAME
     }
     return "MAAS_ERR_UNKNOWN";
@@ -88,6 +90,9 @@ void maas_error_clear(maas_error_rec *e)
     e->pub.request_id = e->request_id;
     e->pub.attempts = 0;
     e->pub.retry_after = -1.0;
+    e->pub.rate_limit_limit = -1;
+    e->pub.rate_limit_remaining = -1;
+    e->pub.rate_limit_reset = -1.0;
 }
 
 maas_status maas_error_vset(maas_error_rec *e, maas_status st, const char *fmt, va_list ap)

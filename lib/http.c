@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,6 +151,20 @@ maas_status maas_http_setup(maas_client *c, CURL *easy, char *errbuf, maas_error
         SET(CURLOPT_CAINFO, c->ca_bundle);
         SET(CURLOPT_PROXY_CAINFO, c->ca_bundle);
     }
+    /* Proxies (docs/configuration.md): always a CONNECT tunnel, so that a
+     * proxy never receives a request (and its token) it could read, and the
+     * proxy's own answer to CONNECT never passes for the server's. */
+    SET(CURLOPT_HTTPPROXYTUNNEL, 1L);
+    SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+    if (c->proxy) {
+        /* Given explicitly, it is used for every request: no variable applies. */
+        SET(CURLOPT_PROXY, c->proxy);
+        SET(CURLOPT_NOPROXY, "");
+    }
+    if (c->proxy_ca_bundle) {
+        SET(CURLOPT_PROXY_CAINFO, c->proxy_ca_bundle);
+        SET(CURLOPT_PROXY_CAPATH, NULL); /* exactly that bundle, not the system's too */
+    }
     SET(CURLOPT_ERRORBUFFER, errbuf);
 #undef SET
     if (rc != CURLE_OK)
@@ -215,6 +230,76 @@ static void trim_value(const char *v, size_t n, char *out, size_t outlen)
     out[n] = '\0';
 }
 
+void maas_http_meta_init(maas_http_meta *m)
+{
+    m->retry_after = -1.0;
+    m->rl_limit = -1;
+    m->rl_remaining = -1;
+    m->rl_reset = -1.0;
+}
+
+void maas_http_meta_to_error(const maas_http_meta *m, maas_error_rec *err)
+{
+    err->pub.retry_after = m->retry_after;
+    err->pub.rate_limit_limit = m->rl_limit;
+    err->pub.rate_limit_remaining = m->rl_remaining;
+    err->pub.rate_limit_reset = m->rl_reset;
+}
+
+/* A non-negative decimal count, or -1: a header is the server's word, not a number we trust. */
+static long parse_count(const char *v)
+{
+    char *end;
+    long n;
+    if (*v < '0' || *v > '9')
+        return -1;
+    errno = 0;
+    n = strtol(v, &end, 10);
+    if (errno || *end)
+        return -1;
+    return n;
+}
+
+double maas_http_parse_rate_reset(const char *value, time_t now)
+{
+    const char *p = value;
+    double total = 0.0;
+    int parts = 0;
+    if (!value || *value < '0' || *value > '9')
+        return -1.0;
+    /* Services disagree: delta seconds, a Unix time, or a Go duration ("6m0s"). */
+    while (*p) {
+        char *end;
+        double v = strtod(p, &end);
+        if (end == p || !isfinite(v) || v < 0)
+            return -1.0;
+        p = end;
+        if (!*p && !parts) {
+            /* A bare number this large is a point in time, not a wait. */
+            if (v >= 1e9)
+                return v > (double)now ? v - (double)now : 0.0;
+            return v;
+        }
+        if (!strncmp(p, "ms", 2)) {
+            total += v / 1000.0;
+            p += 2;
+        } else if (*p == 'h') {
+            total += v * 3600.0;
+            p++;
+        } else if (*p == 'm') {
+            total += v * 60.0;
+            p++;
+        } else if (*p == 's') {
+            total += v;
+            p++;
+        } else {
+            return -1.0;
+        }
+        parts++;
+    }
+    return total;
+}
+
 size_t maas_http_header_cb(char *data, size_t size, size_t n, void *userp)
 {
     maas_http_meta *m = userp;
@@ -222,10 +307,23 @@ size_t maas_http_header_cb(char *data, size_t size, size_t n, void *userp)
     char value[128];
     /* A new status line starts a new response: forget the previous one's headers. */
     if (len >= 5 && !strncmp(data, "HTTP/", 5)) {
-        m->retry_after = -1.0;
+        maas_http_meta_init(m);
     } else if (len > 12 && !strncasecmp(data, "Retry-After:", 12)) {
         trim_value(data + 12, len - 12, value, sizeof value);
         m->retry_after = maas_http_parse_retry_after(value, time(NULL));
+    } else if (len > 12 && !strncasecmp(data, "X-RateLimit-", 12)) {
+        const char *h = data + 12;
+        size_t rest = len - 12;
+        if (rest > 6 && !strncasecmp(h, "Limit:", 6)) {
+            trim_value(h + 6, rest - 6, value, sizeof value);
+            m->rl_limit = parse_count(value);
+        } else if (rest > 10 && !strncasecmp(h, "Remaining:", 10)) {
+            trim_value(h + 10, rest - 10, value, sizeof value);
+            m->rl_remaining = parse_count(value);
+        } else if (rest > 6 && !strncasecmp(h, "Reset:", 6)) {
+            trim_value(h + 6, rest - 6, value, sizeof value);
+            m->rl_reset = maas_http_parse_rate_reset(value, time(NULL));
+        }
     }
     return len;
 }
@@ -477,13 +575,60 @@ maas_status maas_xfer_sleep(maas_xfer *x, int64_t ms, maas_error_rec *err)
 
 /* ---- failures --------------------------------------------------------- */
 
+static const char *proxy_reason(long code)
+{
+    switch (code) {
+    case 403: return "forbidden";
+    case 407: return "proxy authentication required";
+    case 502: return "bad gateway";
+    case 503: return "service unavailable";
+    case 504: return "gateway timeout";
+    default: return "refused";
+    }
+}
+
+/*
+ * The proxy answered CONNECT with an error. It is named by the address
+ * connected to, never by the proxy URL, which may carry a password.
+ */
+static maas_status proxy_refused(const maas_xfer *x, long code, maas_error_rec *err)
+{
+    char *ip = NULL, *url = NULL;
+    long port = 0;
+    char target[256] = "the server";
+    CURLU *u;
+    curl_easy_getinfo(x->easy, CURLINFO_PRIMARY_IP, &ip);
+    curl_easy_getinfo(x->easy, CURLINFO_PRIMARY_PORT, &port);
+    curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
+    if (url && (u = curl_url()) != NULL) {
+        char *host = NULL, *p = NULL;
+        if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+            curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+            curl_url_get(u, CURLUPART_PORT, &p, CURLU_DEFAULT_PORT) == CURLUE_OK)
+            snprintf(target, sizeof target, "%s:%s", host, p);
+        curl_free(host);
+        curl_free(p);
+        curl_url_cleanup(u);
+    }
+    err->pub.http_status = (int)code;
+    return maas_error_set(err, MAAS_ERR_PROXY,
+                          "the proxy at %s:%ld refused the tunnel to %s: HTTP %ld (%s)",
+                          ip && *ip ? ip : "?", port, target, code, proxy_reason(code));
+}
+
 maas_status maas_http_curl_error(const maas_xfer *x, CURLcode rc, maas_error_rec *err)
 {
     maas_status st;
     const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    long connect_code = 0;
+    if (x->easy && curl_easy_getinfo(x->easy, CURLINFO_HTTP_CONNECTCODE, &connect_code) ==
+                       CURLE_OK && connect_code >= 300)
+        return proxy_refused(x, connect_code, err);
     switch (rc) {
-    case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_PROXY:
+        return maas_error_set(err, MAAS_ERR_PROXY, "proxy: %s", detail);
+    case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_CONNECT:
         st = MAAS_ERR_CONNECT;
         break;
@@ -705,7 +850,7 @@ maas_status maas_http_fetch(maas_client *c, const maas_fetch *f, maas_response *
     CURLcode rc = CURLE_OK;
 
     memset(out, 0, sizeof *out);
-    out->meta.retry_after = -1.0;
+    maas_http_meta_init(&out->meta);
     st = maas_xfer_init(&x, c, NULL, err);
     if (st != MAAS_OK)
         return st;
@@ -749,7 +894,7 @@ maas_status maas_http_fetch(maas_client *c, const maas_fetch *f, maas_response *
     else if (x.result != CURLE_OK)
         st = maas_http_curl_error(&x, x.result, err);
 done:
-    err->pub.retry_after = out->meta.retry_after;
+    maas_http_meta_to_error(&out->meta, err);
     maas_xfer_cleanup(&x);
     if (st != MAAS_OK)
         maas_response_free(out);
@@ -811,7 +956,7 @@ maas_status maas_http_call(maas_client *c, const maas_fetch *f, int with_auth,
                 continue;
             }
             st = maas_http_status_error(out->status, out->body, out->len, f->endpoint, err);
-            err->pub.retry_after = out->meta.retry_after;
+            maas_http_meta_to_error(&out->meta, err);
             maas_response_free(out);
         }
         maas_auth_release(&ticket);

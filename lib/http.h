@@ -55,7 +55,17 @@ void maas_http_headers_free(struct curl_slist *h);
 /* What a header callback learns of a response. */
 typedef struct maas_http_meta {
     double retry_after;      /* seconds, -1 when absent */
+    long rl_limit;           /* X-RateLimit-Limit, -1 when absent */
+    long rl_remaining;       /* X-RateLimit-Remaining, -1 when absent */
+    double rl_reset;         /* X-RateLimit-Reset in seconds from now, -1 when absent */
 } maas_http_meta;
+/* Every field "absent". */
+void maas_http_meta_init(maas_http_meta *m);
+/* Copy what the response said into a failure's record. */
+void maas_http_meta_to_error(const maas_http_meta *m, maas_error_rec *err);
+/* Seconds from an X-RateLimit-Reset value (delta seconds, a Unix time, or a
+ * duration such as "1m30s" or "250ms"); -1 if unusable. */
+double maas_http_parse_rate_reset(const char *value, time_t now);
 size_t maas_http_header_cb(char *data, size_t size, size_t n, void *meta);
 
 /*

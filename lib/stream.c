@@ -25,6 +25,14 @@
 #include "multi.h"
 #include "stream.h"
 
+/* Monotonic seconds with the clock's resolution: a token may follow the last within a millisecond. */
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* ---- request validation and body --------------------------------------- */
 
 /* Code points of valid UTF-8, or -1. */
@@ -246,6 +254,8 @@ maas_status maas_stream_fail(maas_stream *s, maas_status st)
     if (s->sent && !s->err.pub.http_status)
         s->err.pub.http_status = (int)s->http_status;
     s->err.pub.attempts = s->attempts;
+    if (s->sent)
+        maas_http_meta_to_error(&s->meta, &s->err); /* the last answer's rate-limit headers */
     if (!s->err.request_id[0])
         maas_error_set_request_id(&s->err, s->request_id);
     MAAS_DEBUG(s->c, "stream failed after %zu tokens, %u attempts: %s: %s", s->tokens,
@@ -292,13 +302,15 @@ static maas_status start_attempt(maas_stream *s)
         return maas_error_set(&s->err, MAAS_ERR_INTERNAL, "could not configure libcurl: %s",
                               curl_easy_strerror(rc));
     maas_ndjson_reset(&s->dec);
-    s->meta.retry_after = -1.0;
+    maas_http_meta_init(&s->meta);
     s->http_status = 0;
     s->headers_done = 0;
     s->error_len = 0;
     s->write_status = MAAS_OK;
     if (s->attempts == 0 && s->c->deadline_ms > 0)
         s->x.deadline_at = maas_now_ms() + s->c->deadline_ms;
+    if (s->attempts == 0)
+        s->t_start = mono_s();
     s->attempts++;
     maas_count(s->c, MAAS_COUNTER_API_REQUESTS, 1);
     MAAS_DEBUG(s->c, "POST %s (attempt %u)", s->url, s->attempts);
@@ -393,7 +405,7 @@ static maas_status transfer_ended(maas_stream *s, maas_msg *msg)
         return maas_http_curl_error(&s->x, s->x.result, &s->err);
     }
     if (s->http_status != 200) {
-        s->err.pub.retry_after = s->meta.retry_after;
+        maas_http_meta_to_error(&s->meta, &s->err);
         st = maas_http_status_error(s->http_status, s->error_body, s->error_len, MAAS_EP_GENERATE,
                                     &s->err);
         return st;
@@ -418,6 +430,19 @@ static char *dup_len(const char *p, size_t n)
     return d;
 }
 
+static void keep_timings(maas_stream *s, int final_has_token)
+{
+    double now = mono_s();
+    /* The final message may carry the stream's only token. */
+    size_t tokens = s->tokens + (final_has_token ? 1 : 0);
+    if (!s->t_first && final_has_token)
+        s->t_first = now;
+    s->details.total_time = now - s->t_start;
+    s->details.time_to_first_token = s->t_first ? s->t_first - s->t_start : -1.0;
+    s->details.tokens_per_second =
+        tokens >= 2 && now > s->t_first ? (double)(tokens - 1) / (now - s->t_first) : 0.0;
+}
+
 static maas_status keep_details(maas_stream *s, const maas_msg *m)
 {
     const maas_details *d = &m->details;
@@ -431,6 +456,11 @@ static maas_status keep_details(maas_stream *s, const maas_msg *m)
     s->details.generated_text = s->generated_text;
     s->details.request_id = s->request_id;
     s->details.attempts = s->attempts;
+    keep_timings(s, m->has_token);
+    s->details.retry_after = s->meta.retry_after;
+    s->details.rate_limit_limit = s->meta.rl_limit;
+    s->details.rate_limit_remaining = s->meta.rl_remaining;
+    s->details.rate_limit_reset = s->meta.rl_reset;
     return MAAS_OK;
 }
 
@@ -468,6 +498,8 @@ static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **
         maas_copy_text(s->request_id, sizeof s->request_id, m->request_id, strlen(m->request_id));
     switch (m->type) {
     case MAAS_MSG_TOKEN:
+        if (!s->tokens)
+            s->t_first = mono_s();
         s->token = m->token;
         s->token.index = s->tokens++;
         *out = &s->token;

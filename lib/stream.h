@@ -80,6 +80,10 @@ struct maas_stream {
     int details_reported;                   /* on_details was called */
     int finished;                           /* on_done was called */
     size_t heap_index;                      /* position in the multi's timer heap, or SIZE_MAX */
+
+    /* Monotonic seconds, for the timings of maas_details. */
+    double t_start;                         /* the first attempt started */
+    double t_first;                         /* the first token was decoded; 0: none yet */
 };
 
 /* Validate the request, resolve the model, build the body, take a token. */

@@ -84,7 +84,9 @@ typedef enum maas_status {
     MAAS_ERR_PROTOCOL = 23,        /**< a response could not be decoded (malformed JSON or shape) */
     MAAS_ERR_LINE_TOO_LONG = 24,   /**< a streamed line exceeded the configured maximum */
     MAAS_ERR_CANCELLED = 25,       /**< the caller cancelled the stream */
-    MAAS_ERR_INTERNAL = 26         /**< a bug in libmaas or a dependency; please report */
+    MAAS_ERR_INTERNAL = 26,        /**< a bug in libmaas or a dependency; please report */
+    MAAS_ERR_PROXY = 27            /**< the proxy refused the tunnel (its answer in http_status,
+                                        e.g. 407 or 403) or did not answer as a proxy */
 } maas_status;
 
 /** A static English description of `status`; never NULL. */
@@ -106,6 +108,10 @@ typedef struct maas_error {
     unsigned int attempts;  /**< HTTP attempts made for the failing call (retries and a
                                  401 replay included) */
     double retry_after;     /**< seconds from a Retry-After header, -1 if none */
+    /* Appended in 0.2: the rate-limit headers of the last response (docs/errors.md). */
+    long rate_limit_limit;     /**< X-RateLimit-Limit, -1 if absent or not a number */
+    long rate_limit_remaining; /**< X-RateLimit-Remaining, -1 if absent or not a number */
+    double rate_limit_reset;   /**< X-RateLimit-Reset as seconds from the answer, -1 if absent */
 } maas_error;
 
 /**
@@ -138,7 +144,7 @@ typedef void (*maas_log_cb)(maas_log_level level, const char *message, void *pay
 
 typedef struct maas_client maas_client;
 
-#define MAAS_CLIENT_OPTIONS_VERSION 1
+#define MAAS_CLIENT_OPTIONS_VERSION 2
 
 /** Default API base URL. */
 #define MAAS_DEFAULT_API_BASE_URL "https://us-region-2-sdk-api.cloud.intel.com/v1/maas"
@@ -182,6 +188,13 @@ typedef struct maas_client_options {
     const char *user_agent_suffix; /**< appended to the User-Agent; at most 64 bytes, no
                                         control characters */
     int insecure_skip_tls_verify;  /**< nonzero disables TLS verification. Insecure: tests only */
+    /* Version 2. */
+    const char *proxy;             /**< HTTP(S) proxy URL, e.g. "http://proxy:3128" (credentials
+                                        as "http://user:pass@proxy:3128"); NULL: the standard
+                                        variables (HTTPS_PROXY, NO_PROXY, ... read by libcurl);
+                                        "": no proxy at all, the variables ignored */
+    const char *proxy_ca_bundle;   /**< PEM file of the CAs to trust for an https:// proxy,
+                                        exactly those; NULL: as ca_bundle */
 } maas_client_options;
 
 /**
@@ -190,7 +203,8 @@ typedef struct maas_client_options {
  */
 #define MAAS_CLIENT_OPTIONS_INIT                                               \
     { MAAS_CLIENT_OPTIONS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL,  \
-      0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0 }
+      0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0,   \
+      NULL, NULL }
 
 /**
  * Zero `opts` and set its version. Returns MAAS_ERR_OPTIONS_VERSION for a
@@ -201,8 +215,11 @@ MAAS_EXPORT maas_status maas_client_options_init(maas_client_options *opts, unsi
 /**
  * Create a client. `opts` NULL reads everything from the environment
  * (MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT, MAAS_API_BASE_URL,
- * MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_LOG). With `opts`, the
- * environment is not read except MAAS_LOG when opts->log_level is 0.
+ * MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_PROXY_CA_BUNDLE, MAAS_LOG).
+ * With `opts`, the environment is not read except MAAS_LOG when
+ * opts->log_level is 0, and the standard proxy variables (HTTPS_PROXY,
+ * https_proxy, NO_PROXY, no_proxy, ...), which libcurl reads when
+ * opts->proxy is NULL (docs/configuration.md, "Proxies").
  * No network traffic happens here.
  */
 MAAS_EXPORT maas_status maas_client_new(maas_client **out, const maas_client_options *opts);
@@ -331,6 +348,20 @@ typedef struct maas_details {
                                          401 replay included) */
     int generated_text_truncated;   /**< nonzero when generated_text was longer than
                                          MAAS_GENERATED_TEXT_MAX and was cut there */
+    /* Appended in 0.2: timings, on the monotonic clock, from the start of the
+     * generation's first HTTP attempt (retries and their waits included). */
+    double time_to_first_token;     /**< seconds until the first token was decoded; -1 if the
+                                         stream had no token */
+    double total_time;              /**< seconds until the final message was decoded */
+    double tokens_per_second;       /**< tokens after the first, divided by the seconds between
+                                         the first token and the final message; 0 with fewer than
+                                         2 tokens */
+    /* The rate-limit headers of the answer that carried the stream. */
+    double retry_after;             /**< seconds from a Retry-After header, -1 if none */
+    long rate_limit_limit;          /**< X-RateLimit-Limit, -1 if absent or not a number */
+    long rate_limit_remaining;      /**< X-RateLimit-Remaining, -1 if absent or not a number */
+    double rate_limit_reset;        /**< X-RateLimit-Reset as seconds from the answer, -1 if
+                                         absent */
 } maas_details;
 
 /**

@@ -9,6 +9,13 @@
  *    no handle; calls that need one throw maas::Error (MAAS_ERR_INVALID_ARGUMENT).
  *  - Every failure throws maas::Error, which carries the maas_error record
  *    (status, HTTP status, gRPC code, message, request id, attempts).
+ *    Every call that can fail also has an overload taking a trailing
+ *    std::error_code & (category maas::error_category(), values
+ *    maas_status) that never throws maas::Error: the one path available
+ *    when exceptions are off (-fno-exceptions, or MAAS_CXX_EXCEPTIONS
+ *    defined to 0), where the throwing overloads are not declared.
+ *  - maas::Multi drives many streams on one thread, with lambdas for the
+ *    stream callbacks and std::function hooks for an event loop.
  *  - Tokens are views (std::string_view) valid until the next token; Details
  *    and errors are copies that the caller keeps.
  *  - Thread rules are those of the C API: a Client may be shared between
@@ -27,16 +34,69 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <iterator>
+#include <list>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 
 #include <maas/maas.h>
+
+/*
+ * 1 when the throwing API is available. Defaults to whether the compiler
+ * has exceptions on; define it to 0 to keep to the error_code overloads.
+ */
+#ifndef MAAS_CXX_EXCEPTIONS
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS) || (defined(_MSC_VER) && defined(_CPPUNWIND))
+#define MAAS_CXX_EXCEPTIONS 1
+#else
+#define MAAS_CXX_EXCEPTIONS 0
+#endif
+#endif
+
+namespace maas {
+
+/** The error category of maas_status values: name() "maas", message() maas_strerror(). */
+class ErrorCategory final : public std::error_category {
+public:
+    const char *name() const noexcept override { return "maas"; }
+    std::string message(int value) const override
+    {
+        return maas_strerror(static_cast<maas_status>(value));
+    }
+    std::error_condition default_error_condition(int value) const noexcept override
+    {
+        return std::error_condition(value, *this);
+    }
+};
+
+/** The one instance of the category. */
+inline const std::error_category &error_category() noexcept
+{
+    static const ErrorCategory category;
+    return category;
+}
+
+} // namespace maas
+
+/* Found by argument-dependent lookup for maas_status, a global enum. */
+inline std::error_code make_error_code(maas_status status) noexcept
+{
+    return std::error_code(static_cast<int>(status), maas::error_category());
+}
+
+namespace std {
+/* `std::error_code ec = MAAS_ERR_TLS;` and `ec == MAAS_ERR_TLS` work. */
+template <>
+struct is_error_code_enum<maas_status> : true_type {
+};
+} // namespace std
 
 namespace maas {
 
@@ -119,12 +179,30 @@ private:
     std::shared_ptr<const Info> info_; // shared: copying an exception does not throw
 };
 
+/** The failure record of the last failing call on this thread (maas_last_error()), or NULL. */
+inline const maas_error *last_error() noexcept
+{
+    return maas_last_error();
+}
+
 namespace detail {
 
+#if MAAS_CXX_EXCEPTIONS
 inline void check(maas_status status)
 {
     if (status != MAAS_OK)
         throw Error::last(status);
+}
+#endif
+
+/* The error_code overloads' report: `ec` cleared on success. Returns status == MAAS_OK. */
+inline bool report(maas_status status, std::error_code &ec) noexcept
+{
+    if (status == MAAS_OK)
+        ec.clear();
+    else
+        ec = make_error_code(status);
+    return status == MAAS_OK;
 }
 
 inline std::string_view view(const char *s) noexcept
@@ -142,74 +220,117 @@ struct Free {
 /* Models                                                              */
 /* ------------------------------------------------------------------ */
 
-/** A model borrowed from its ModelList: valid while the list lives. Null by default. */
+/**
+ * A model of a ModelList. A Model taken from a ModelList shares the
+ * ownership of the C list: it (and a Request holding it) stays valid after
+ * the ModelList object is gone. A Model made from a bare C pointer borrows
+ * it, as the C API does. Null by default.
+ */
 class Model {
 public:
     Model() noexcept = default;
-    explicit Model(const maas_model *model) noexcept : m_(model) {}
+    /** Borrow a C model: valid until its C list is freed. */
+    explicit Model(const maas_model *model) noexcept : m_(std::shared_ptr<const maas_model>(), model) {}
+    /** A model that keeps its list alive (what ModelList hands out). */
+    Model(std::shared_ptr<const maas_model> model) noexcept : m_(std::move(model)) {}
 
     /** e.g. "mistralai/Mistral-7B-Instruct-v0.1" (NUL-terminated) */
-    std::string_view name() const noexcept { return detail::view(maas_model_name(m_)); }
+    std::string_view name() const noexcept { return detail::view(maas_model_name(get())); }
     /** e.g. "maas-model-mistral-7b-v0.1" (NUL-terminated) */
-    std::string_view product_name() const noexcept { return detail::view(maas_model_product_name(m_)); }
+    std::string_view product_name() const noexcept { return detail::view(maas_model_product_name(get())); }
     /** e.g. "269c3034-e6c7-4359-9e77-c3efedfaa778" (NUL-terminated) */
-    std::string_view product_id() const noexcept { return detail::view(maas_model_product_id(m_)); }
+    std::string_view product_id() const noexcept { return detail::view(maas_model_product_id(get())); }
 
-    const maas_model *get() const noexcept { return m_; }
+    const maas_model *get() const noexcept { return m_.get(); }
     explicit operator bool() const noexcept { return m_ != nullptr; }
+    /** Whether this Model keeps its list alive (false when made from a C pointer, or null). */
+    bool owns_list() const noexcept { return m_.use_count() > 0; }
+    friend bool operator==(const Model &a, const Model &b) noexcept { return a.get() == b.get(); }
+    friend bool operator!=(const Model &a, const Model &b) noexcept { return a.get() != b.get(); }
 
 private:
-    const maas_model *m_ = nullptr;
+    std::shared_ptr<const maas_model> m_; // aliases the list's ownership, or owns nothing
 };
 
-/** The service's models (maas_models_list), in its order. */
+/** The service's models (maas_models_list), in its order: a random-access range of Model. */
 class ModelList {
 public:
+    /**
+     * A random-access iterator over the list (an array). Its reference type
+     * is Model itself, a handle returned by value (as C++20's
+     * std::random_access_iterator allows), so `*it` cannot be assigned to.
+     */
     class iterator {
     public:
-        using iterator_category = std::input_iterator_tag;
+        using iterator_category = std::random_access_iterator_tag;
         using value_type = Model;
         using difference_type = std::ptrdiff_t;
-        using pointer = void;
         using reference = Model;
+        struct pointer {
+            Model m;
+            const Model *operator->() const noexcept { return &m; }
+        };
 
         iterator() noexcept = default;
-        Model operator*() const noexcept { return Model(maas_model_list_get(list_, index_)); }
+        Model operator*() const noexcept { return list_->model(index_); }
+        pointer operator->() const noexcept { return pointer{**this}; }
+        Model operator[](difference_type n) const noexcept { return *(*this + n); }
+
         iterator &operator++() noexcept { ++index_; return *this; }
         iterator operator++(int) noexcept { iterator old = *this; ++index_; return old; }
+        iterator &operator--() noexcept { --index_; return *this; }
+        iterator operator--(int) noexcept { iterator old = *this; --index_; return old; }
+        iterator &operator+=(difference_type n) noexcept { index_ = static_cast<std::size_t>(static_cast<difference_type>(index_) + n); return *this; }
+        iterator &operator-=(difference_type n) noexcept { return *this += -n; }
+        friend iterator operator+(iterator it, difference_type n) noexcept { return it += n; }
+        friend iterator operator+(difference_type n, iterator it) noexcept { return it += n; }
+        friend iterator operator-(iterator it, difference_type n) noexcept { return it -= n; }
+        friend difference_type operator-(const iterator &a, const iterator &b) noexcept
+        {
+            return static_cast<difference_type>(a.index_) - static_cast<difference_type>(b.index_);
+        }
         friend bool operator==(const iterator &a, const iterator &b) noexcept
         {
             return a.list_ == b.list_ && a.index_ == b.index_;
         }
         friend bool operator!=(const iterator &a, const iterator &b) noexcept { return !(a == b); }
+        friend bool operator<(const iterator &a, const iterator &b) noexcept { return a - b < 0; }
+        friend bool operator>(const iterator &a, const iterator &b) noexcept { return b < a; }
+        friend bool operator<=(const iterator &a, const iterator &b) noexcept { return !(b < a); }
+        friend bool operator>=(const iterator &a, const iterator &b) noexcept { return !(a < b); }
 
     private:
         friend class ModelList;
-        iterator(const maas_model_list *list, std::size_t index) noexcept : list_(list), index_(index) {}
-        const maas_model_list *list_ = nullptr;
+        iterator(const ModelList *list, std::size_t index) noexcept : list_(list), index_(index) {}
+        const ModelList *list_ = nullptr;
         std::size_t index_ = 0;
     };
+    using const_iterator = iterator;
+    using value_type = Model;
+    using size_type = std::size_t;
+    using difference_type = std::ptrdiff_t;
 
     ModelList() noexcept = default;
-    /** Adopt a list from the C API: this object frees it. */
-    explicit ModelList(maas_model_list *owned) noexcept : l_(owned) {}
-    ModelList(ModelList &&other) noexcept : l_(std::exchange(other.l_, nullptr)) {}
-    ModelList &operator=(ModelList &&other) noexcept
+    /**
+     * Adopt a list from the C API: freed once neither this object nor any
+     * Model taken from it is left. Allocates the shared ownership: if that
+     * throws std::bad_alloc, the list is freed first.
+     */
+    explicit ModelList(maas_model_list *owned)
+        : l_(owned ? std::shared_ptr<maas_model_list>(owned, Deleter()) : nullptr)
     {
-        if (this != &other) {
-            maas_model_list_free(l_);
-            l_ = std::exchange(other.l_, nullptr);
-        }
-        return *this;
     }
+    ModelList(ModelList &&other) noexcept = default;
+    ModelList &operator=(ModelList &&other) noexcept = default;
     ModelList(const ModelList &) = delete;
     ModelList &operator=(const ModelList &) = delete;
-    ~ModelList() { maas_model_list_free(l_); }
+    ~ModelList() = default;
 
-    std::size_t size() const noexcept { return maas_model_list_count(l_); }
+    std::size_t size() const noexcept { return maas_model_list_count(l_.get()); }
     bool empty() const noexcept { return size() == 0; }
     /** The model at `index`; a null Model when out of range. */
-    Model operator[](std::size_t index) const noexcept { return Model(maas_model_list_get(l_, index)); }
+    Model operator[](std::size_t index) const noexcept { return model(index); }
+#if MAAS_CXX_EXCEPTIONS
     /** The model at `index`; std::out_of_range when out of range. */
     Model at(std::size_t index) const
     {
@@ -217,23 +338,54 @@ public:
             throw std::out_of_range("maas::ModelList::at: index out of range");
         return (*this)[index];
     }
+#endif
     /** The model whose model name or product name is `name`, if any. */
     std::optional<Model> find(const std::string &name) const noexcept
     {
-        const maas_model *m = maas_model_list_find(l_, name.c_str());
+        const maas_model *m = maas_model_list_find(l_.get(), name.c_str());
         if (!m)
             return std::nullopt;
-        return Model(m);
+        return Model(std::shared_ptr<const maas_model>(l_, m));
     }
 
-    iterator begin() const noexcept { return iterator(l_, 0); }
-    iterator end() const noexcept { return iterator(l_, size()); }
+    iterator begin() const noexcept { return iterator(this, 0); }
+    iterator end() const noexcept { return iterator(this, size()); }
 
-    maas_model_list *get() const noexcept { return l_; }
-    maas_model_list *release() noexcept { return std::exchange(l_, nullptr); }
+    maas_model_list *get() const noexcept { return l_.get(); }
+    /**
+     * Give the C list back to the caller, who frees it. Only while no Model
+     * taken from it is alive (they share it): otherwise NULL, and nothing
+     * changes.
+     */
+    maas_model_list *release() noexcept
+    {
+        if (!l_ || l_.use_count() != 1)
+            return nullptr;
+        maas_model_list *raw = l_.get();
+        std::get_deleter<Deleter>(l_)->released = true;
+        l_.reset();
+        return raw;
+    }
 
 private:
-    maas_model_list *l_ = nullptr;
+    struct Deleter {
+        bool released = false;
+        void operator()(maas_model_list *l) const noexcept
+        {
+            if (!released)
+                maas_model_list_free(l);
+        }
+    };
+
+    Model model(std::size_t index) const noexcept
+    {
+        const maas_model *m = maas_model_list_get(l_.get(), index);
+        if (!m)
+            return Model();
+        return Model(std::shared_ptr<const maas_model>(l_, m));
+    }
+
+    std::shared_ptr<maas_model_list> l_;
 };
 
 /* ------------------------------------------------------------------ */
@@ -330,53 +482,68 @@ bool keep_going(F &f, Arg &&arg)
     }
 }
 
+/* Deliver a C token to a callback taking (const Token &) or (std::string_view). */
+template <class F>
+bool deliver(F &on_token, const maas_token &t)
+{
+    if constexpr (std::is_invocable_v<F &, const Token &>) {
+        return keep_going(on_token, Token::from(t));
+    } else {
+        static_assert(std::is_invocable_v<F &, std::string_view>,
+                      "the token callback takes (std::string_view) or (const maas::Token &)");
+        if (t.special)
+            return true;
+        return keep_going(on_token, std::string_view(t.text, t.text_len));
+    }
+}
+
 /*
- * The C callbacks of one generation. An exception thrown by the caller's
- * callback never crosses the C library: it is kept, the generation is
- * cancelled, and the exception is rethrown once the C call has returned.
+ * Run a callback of the caller's from a C callback. With exceptions on,
+ * an exception never crosses the C library: it is kept in `error`, and the
+ * caller's C call is told to stop (false); it is rethrown once the C call
+ * has returned.
  */
+template <class Body>
+bool guarded(std::exception_ptr &error, Body &&body) noexcept
+{
+#if MAAS_CXX_EXCEPTIONS
+    try {
+        return body();
+    } catch (...) {
+        error = std::current_exception();
+        return false;
+    }
+#else
+    (void)error;
+    return body();
+#endif
+}
+
+/* The C callbacks of one generation. */
 template <class F>
 struct Sink {
     F &on_token;
     Details details;
     std::exception_ptr error;
 
-    bool deliver(const maas_token &t)
-    {
-        if constexpr (std::is_invocable_v<F &, const Token &>) {
-            return keep_going(on_token, Token::from(t));
-        } else {
-            static_assert(std::is_invocable_v<F &, std::string_view>,
-                          "the token callback takes (std::string_view) or (const maas::Token &)");
-            if (t.special)
-                return true;
-            return keep_going(on_token, std::string_view(t.text, t.text_len));
-        }
-    }
-
     static int token_cb(const maas_token *t, void *payload) noexcept
     {
         Sink *s = static_cast<Sink *>(payload);
-        try {
-            return s->deliver(*t) ? 0 : 1;
-        } catch (...) {
-            s->error = std::current_exception();
-            return 1;
-        }
+        return guarded(s->error, [&] { return deliver(s->on_token, *t); }) ? 0 : 1;
     }
 
     static int details_cb(const maas_details *d, void *payload) noexcept
     {
         Sink *s = static_cast<Sink *>(payload);
-        try {
-            s->details = Details::from(*d);
-            return 0;
-        } catch (...) {
-            s->error = std::current_exception();
-            return 1;
-        }
+        return guarded(s->error, [&] {
+                   s->details = Details::from(*d);
+                   return true;
+               })
+                   ? 0
+                   : 1;
     }
 
+#if MAAS_CXX_EXCEPTIONS
     Details finish(maas_status status)
     {
         if (error)
@@ -384,6 +551,13 @@ struct Sink {
         if (status != MAAS_OK)
             throw Error::last(status);
         return std::move(details);
+    }
+#endif
+
+    Details finish(maas_status status, std::error_code &ec)
+    {
+        report(status, ec);
+        return status == MAAS_OK ? std::move(details) : Details();
     }
 };
 
@@ -399,6 +573,7 @@ struct Sink {
  */
 class Stream {
 public:
+#if MAAS_CXX_EXCEPTIONS
     struct sentinel {};
 
     /** Single pass over the remaining tokens; ++ may throw maas::Error. */
@@ -429,6 +604,7 @@ public:
         Stream *stream_;
         std::optional<Token> token_;
     };
+#endif
 
     Stream() noexcept = default;
     /** Adopt a stream from the C API: this object frees it. */
@@ -447,6 +623,7 @@ public:
     /** Closes the stream, aborting it if it is still running. */
     ~Stream() { maas_stream_free(s_); }
 
+#if MAAS_CXX_EXCEPTIONS
     /**
      * The next token (valid until the next call), or std::nullopt once the
      * stream has finished; then details() is available. Throws maas::Error
@@ -475,6 +652,38 @@ public:
         maas_status st = maas_stream_run(s_, &Sink::token_cb, &Sink::details_cb, &sink);
         return sink.finish(st);
     }
+#endif
+
+    /**
+     * next() without exceptions: a token; or std::nullopt with `ec` clear
+     * once the stream has finished; or std::nullopt with `ec` set to the
+     * failure (error() has its details), again on every later call.
+     */
+    std::optional<Token> next(std::error_code &ec) noexcept
+    {
+        const maas_token *t = nullptr;
+        maas_status st = maas_stream_next(s_, &t);
+        ec.clear();
+        if (st == MAAS_OK)
+            return Token::from(*t);
+        if (st != MAAS_DONE)
+            ec = make_error_code(st);
+        return std::nullopt;
+    }
+
+    /** run() without maas::Error: the details, or empty Details with `ec` set. */
+    template <class F>
+    Details run(F &&on_token, std::error_code &ec)
+    {
+        using Sink = detail::Sink<std::remove_reference_t<F>>;
+        Sink sink{on_token, Details(), nullptr};
+        maas_status st = maas_stream_run(s_, &Sink::token_cb, &Sink::details_cb, &sink);
+#if MAAS_CXX_EXCEPTIONS
+        if (sink.error)
+            std::rethrow_exception(sink.error); // the callback's own exception
+#endif
+        return sink.finish(st, ec);
+    }
 
     /** The final details once next() returned std::nullopt, else std::nullopt. */
     std::optional<Details> details() const
@@ -485,7 +694,10 @@ public:
         return Details::from(*d);
     }
 
-    /** Cancel from any thread: a blocked next() or run() throws MAAS_ERR_CANCELLED promptly. */
+    /** The stream's failure (maas_stream_error), or NULL while it has none. */
+    const maas_error *error() const noexcept { return maas_stream_error(s_); }
+
+    /** Cancel from any thread: a blocked next() or run() fails with MAAS_ERR_CANCELLED promptly. */
     void cancel() noexcept { maas_stream_cancel(s_); }
 
     maas_stream *get() const noexcept { return s_; }
@@ -503,10 +715,19 @@ private:
 /** A client (maas_client): share one between threads. */
 class Client {
 public:
+#if MAAS_CXX_EXCEPTIONS
     /** Configured from the environment (MAAS_CLIENT_ID, ...), as maas_client_new(&c, NULL). */
     Client() { detail::check(maas_client_new(&c_, nullptr)); }
     /** Configured by `opts` (MAAS_CLIENT_OPTIONS_INIT, then the fields you set). */
     explicit Client(const maas_client_options &opts) { detail::check(maas_client_new(&c_, &opts)); }
+#endif
+    /** From the environment, without exceptions: on failure `ec` is set and no handle is held. */
+    explicit Client(std::error_code &ec) noexcept { detail::report(maas_client_new(&c_, nullptr), ec); }
+    /** Configured by `opts`, without exceptions. */
+    Client(const maas_client_options &opts, std::error_code &ec) noexcept
+    {
+        detail::report(maas_client_new(&c_, &opts), ec);
+    }
     /** Adopt a client from the C API: this object frees it. */
     explicit Client(maas_client *owned) noexcept : c_(owned) {}
     Client(Client &&other) noexcept : c_(std::exchange(other.c_, nullptr)) {}
@@ -522,11 +743,12 @@ public:
     Client &operator=(const Client &) = delete;
     ~Client() { maas_client_free(c_); }
 
-    /** Fetch a token now if the client holds no valid one. */
-    void authenticate() { detail::check(maas_client_authenticate(c_)); }
-
     /** One of the client's counters. */
     std::uint64_t counter(maas_counter which) const noexcept { return maas_client_counter(c_, which); }
+
+#if MAAS_CXX_EXCEPTIONS
+    /** Fetch a token now if the client holds no valid one. */
+    void authenticate() { detail::check(maas_client_authenticate(c_)); }
 
     /** GET {base}/models. */
     ModelList models()
@@ -558,12 +780,11 @@ public:
     /** Run one generation and return the text of its non-special tokens. */
     std::string generate_text(const Request &request)
     {
-        char *out = nullptr;
-        std::size_t len = 0;
-        maas_request r = request.c_request();
-        detail::check(maas_generate_text(&out, &len, c_, &r));
-        std::unique_ptr<char, detail::Free> owned(out);
-        return std::string(out, len);
+        std::error_code ec;
+        std::string text = generate_text(request, ec);
+        if (ec)
+            throw Error::last(static_cast<maas_status>(ec.value()));
+        return text;
     }
 
     /** Open a stream (maas_stream_open); the request is sent by its first next() or run(). */
@@ -574,6 +795,56 @@ public:
         detail::check(maas_stream_open(&s, c_, &r));
         return Stream(s);
     }
+#endif
+
+    /* The same without exceptions: `ec` set (maas::last_error() has the details) on failure. */
+
+    void authenticate(std::error_code &ec) noexcept { detail::report(maas_client_authenticate(c_), ec); }
+
+    /** An empty list with `ec` set on failure. */
+    ModelList models(std::error_code &ec)
+    {
+        maas_model_list *list = nullptr;
+        if (!detail::report(maas_models_list(&list, c_), ec))
+            return ModelList();
+        return ModelList(list);
+    }
+
+    /** As generate() above; a callback returning false (or a failure) sets `ec`. */
+    template <class F>
+    Details generate(const Request &request, F &&on_token, std::error_code &ec)
+    {
+        using Sink = detail::Sink<std::remove_reference_t<F>>;
+        Sink sink{on_token, Details(), nullptr};
+        maas_request r = request.c_request();
+        maas_status st = maas_generate(c_, &r, &Sink::token_cb, &Sink::details_cb, &sink);
+#if MAAS_CXX_EXCEPTIONS
+        if (sink.error)
+            std::rethrow_exception(sink.error); // the callback's own exception
+#endif
+        return sink.finish(st, ec);
+    }
+
+    /** "" with `ec` set on failure. */
+    std::string generate_text(const Request &request, std::error_code &ec)
+    {
+        char *out = nullptr;
+        std::size_t len = 0;
+        maas_request r = request.c_request();
+        if (!detail::report(maas_generate_text(&out, &len, c_, &r), ec))
+            return std::string();
+        std::unique_ptr<char, detail::Free> owned(out);
+        return std::string(out, len);
+    }
+
+    /** A Stream holding no handle, with `ec` set, on failure. */
+    Stream stream(const Request &request, std::error_code &ec) noexcept
+    {
+        maas_stream *s = nullptr;
+        maas_request r = request.c_request();
+        detail::report(maas_stream_open(&s, c_, &r), ec);
+        return Stream(s);
+    }
 
     maas_client *get() const noexcept { return c_; }
     maas_client *release() noexcept { return std::exchange(c_, nullptr); }
@@ -581,6 +852,266 @@ public:
 
 private:
     maas_client *c_ = nullptr;
+};
+
+/* ------------------------------------------------------------------ */
+/* Many streams on one thread                                          */
+/* ------------------------------------------------------------------ */
+
+/** How a stream of a Multi ended, handed to its on_done callback. */
+struct Done {
+    maas_status status = MAAS_OK;  /**< MAAS_OK after the final message, else the failure */
+    std::optional<Details> details; /**< the final details, when status is MAAS_OK */
+    std::string message;           /**< the failure's message (maas_error), "" on success */
+    int http_status = 0;           /**< the failure's HTTP status, 0 if none */
+    std::string request_id;        /**< the request id, "" if unknown */
+
+    std::error_code code() const noexcept { return make_error_code(status); }
+    explicit operator bool() const noexcept { return status == MAAS_OK; }
+};
+
+/**
+ * Many streams driven together by one thread (maas_multi_*): add()
+ * streams with lambdas, then drive them with perform()/poll(), or from an
+ * event loop through set_callbacks() and socket_action(). The Multi owns
+ * its streams: each is freed after its on_done callback, and those still
+ * running when the Multi is destroyed are stopped and freed (no callback).
+ * Not movable (the C callbacks hold its address); the Client must outlive it.
+ *
+ * Callbacks run inside the driving calls. With exceptions on, an exception
+ * thrown by a stream callback cancels that stream, and one thrown by an
+ * event-loop hook aborts the multi (libcurl's rule); either is rethrown
+ * from the driving call once it has returned.
+ */
+class Multi {
+public:
+    /** An identifier of a stream of this Multi, for cancel(). */
+    using Id = std::uint64_t;
+    /** Watch `fd` for `what` (MAAS_POLL_IN, _OUT, _INOUT, or _REMOVE to stop). */
+    using SocketHook = std::function<void(int fd, int what, void *socket_payload)>;
+    /** Call socket_action(MAAS_SOCKET_TIMEOUT, 0) in `timeout_ms` (0: soon); -1: no timer. */
+    using TimerHook = std::function<void(long timeout_ms)>;
+
+#if MAAS_CXX_EXCEPTIONS
+    explicit Multi(Client &client) { detail::check(maas_multi_new(&m_, client.get())); }
+#endif
+    /** Without exceptions: `ec` set and no handle on failure. */
+    Multi(Client &client, std::error_code &ec) noexcept
+    {
+        detail::report(maas_multi_new(&m_, client.get()), ec);
+    }
+    Multi(const Multi &) = delete;
+    Multi &operator=(const Multi &) = delete;
+    /** Stops and frees the streams still running (no callback), then the multi. */
+    ~Multi()
+    {
+        maas_multi_free(m_);
+        for (Entry &e : entries_)
+            maas_stream_free(e.stream);
+    }
+
+#if MAAS_CXX_EXCEPTIONS
+    /**
+     * Start a stream. `on_token` as for Client::generate() ((std::string_view)
+     * or (const Token &), returning void or bool: false cancels the stream);
+     * `on_done(const maas::Done &)` once at the end. Either may be nullptr.
+     */
+    template <class OnToken, class OnDone>
+    Id add(const Request &request, OnToken on_token, OnDone on_done)
+    {
+        std::error_code ec;
+        Id id = add(request, std::move(on_token), std::move(on_done), ec);
+        if (ec)
+            throw Error::last(static_cast<maas_status>(ec.value()));
+        return id;
+    }
+
+    /** Do what can be done without waiting; returns the streams still running. */
+    std::size_t perform() { return drive(maas_multi_perform(m_, &running_)); }
+    /** Wait up to `timeout_ms` for activity, then perform(). */
+    std::size_t poll(int timeout_ms) { return drive(maas_multi_poll(m_, timeout_ms, &running_)); }
+    /** The event loop saw `events` on `fd` (or the timer fired: MAAS_SOCKET_TIMEOUT, 0). */
+    std::size_t socket_action(int fd, int events)
+    {
+        return drive(maas_multi_socket_action(m_, fd, events, &running_));
+    }
+    /** Switch to event-loop mode (before adding streams); the wake-up pipe is reported at once. */
+    void set_callbacks(SocketHook on_socket, TimerHook on_timer)
+    {
+        std::error_code ec;
+        set_callbacks(std::move(on_socket), std::move(on_timer), ec);
+        if (hook_error_)
+            std::rethrow_exception(std::exchange(hook_error_, nullptr));
+        if (ec)
+            throw Error::last(static_cast<maas_status>(ec.value()));
+    }
+#endif
+
+    /* The same without exceptions: `ec` set on failure. */
+
+    template <class OnToken, class OnDone>
+    Id add(const Request &request, OnToken on_token, OnDone on_done, std::error_code &ec)
+    {
+        entries_.emplace_back();
+        Entry &e = entries_.back();
+        e.owner = this;
+        e.id = ++last_id_;
+        e.self = std::prev(entries_.end());
+        if constexpr (!std::is_same_v<OnToken, std::nullptr_t>)
+            e.on_token = [f = std::move(on_token)](const maas_token &t) mutable {
+                return detail::deliver(f, t);
+            };
+        if constexpr (!std::is_same_v<OnDone, std::nullptr_t>)
+            e.on_done = std::move(on_done);
+        maas_request r = request.c_request();
+        if (!detail::report(maas_multi_add(&e.stream, m_, &r, &Multi::token_cb,
+                                           &Multi::details_cb, &Multi::done_cb, &e),
+                            ec)) {
+            entries_.pop_back();
+            return 0;
+        }
+        return e.id;
+    }
+
+    std::size_t perform(std::error_code &ec) noexcept { return drive(maas_multi_perform(m_, &running_), ec); }
+    std::size_t poll(int timeout_ms, std::error_code &ec) noexcept
+    {
+        return drive(maas_multi_poll(m_, timeout_ms, &running_), ec);
+    }
+    std::size_t socket_action(int fd, int events, std::error_code &ec) noexcept
+    {
+        return drive(maas_multi_socket_action(m_, fd, events, &running_), ec);
+    }
+    void set_callbacks(SocketHook on_socket, TimerHook on_timer, std::error_code &ec) noexcept
+    {
+        on_socket_ = std::move(on_socket);
+        on_timer_ = std::move(on_timer);
+        detail::report(maas_multi_set_callbacks(m_, &Multi::socket_cb, &Multi::timer_cb, this), ec);
+    }
+
+    /** Attach a pointer of the application's to a socket, handed back to the socket hook. */
+    void assign(int fd, void *socket_payload, std::error_code &ec) noexcept
+    {
+        detail::report(maas_multi_assign(m_, fd, socket_payload), ec);
+    }
+    /** Cancel a stream from the driving thread; false when it has already ended. */
+    bool cancel(Id id) noexcept
+    {
+        for (Entry &e : entries_)
+            if (e.id == id) {
+                maas_stream_cancel(e.stream);
+                return true;
+            }
+        return false;
+    }
+    /** From any thread: cut a poll() short, or make the wake-up pipe readable. */
+    void wakeup() noexcept { maas_multi_wakeup(m_); }
+    /** Milliseconds until the multi needs driving without activity; -1: never. */
+    long timeout() noexcept { return maas_multi_timeout(m_); }
+    /** Streams not yet done, as the last driving call counted them. */
+    std::size_t running() const noexcept { return running_; }
+    /** Streams added and not yet ended (their on_done not yet called). */
+    std::size_t size() const noexcept { return entries_.size(); }
+
+    maas_multi *get() const noexcept { return m_; }
+    explicit operator bool() const noexcept { return m_ != nullptr; }
+
+private:
+    struct Entry {
+        Multi *owner = nullptr;
+        Id id = 0;
+        maas_stream *stream = nullptr;
+        std::function<bool(const maas_token &)> on_token;
+        std::function<void(const Done &)> on_done;
+        std::list<Entry>::iterator self;
+    };
+
+    static int token_cb(const maas_token *t, void *payload) noexcept
+    {
+        Entry *e = static_cast<Entry *>(payload);
+        if (!e->on_token)
+            return 0;
+        return detail::guarded(e->owner->stream_error_, [&] { return e->on_token(*t); }) ? 0 : 1;
+    }
+
+    static int details_cb(const maas_details *, void *) noexcept { return 0; }
+
+    static void done_cb(maas_stream *stream, maas_status status, void *payload) noexcept
+    {
+        Entry *e = static_cast<Entry *>(payload);
+        Multi *m = e->owner;
+        if (e->on_done)
+            detail::guarded(m->stream_error_, [&] {
+                Done d;
+                d.status = status;
+                if (const maas_details *det = maas_stream_details(stream)) {
+                    d.details = Details::from(*det);
+                    d.request_id = detail::view(det->request_id);
+                }
+                if (const maas_error *err = maas_stream_error(stream)) {
+                    d.message = detail::view(err->message);
+                    d.http_status = err->http_status;
+                    d.request_id = detail::view(err->request_id);
+                }
+                e->on_done(d);
+                return true;
+            });
+        /* The stream has left the multi: free it, and its entry. */
+        maas_stream_free(stream);
+        m->entries_.erase(e->self);
+    }
+
+    static int socket_cb(int fd, int what, void *payload, void *socket_payload) noexcept
+    {
+        Multi *m = static_cast<Multi *>(payload);
+        if (!m->on_socket_)
+            return 0;
+        return detail::guarded(m->hook_error_, [&] {
+                   m->on_socket_(fd, what, socket_payload);
+                   return true;
+               })
+                   ? 0
+                   : 1;
+    }
+
+    static int timer_cb(long timeout_ms, void *payload) noexcept
+    {
+        Multi *m = static_cast<Multi *>(payload);
+        if (!m->on_timer_)
+            return 0;
+        return detail::guarded(m->hook_error_, [&] {
+                   m->on_timer_(timeout_ms);
+                   return true;
+               })
+                   ? 0
+                   : 1;
+    }
+
+#if MAAS_CXX_EXCEPTIONS
+    std::size_t drive(maas_status st)
+    {
+        if (hook_error_)
+            std::rethrow_exception(std::exchange(hook_error_, nullptr));
+        if (stream_error_)
+            std::rethrow_exception(std::exchange(stream_error_, nullptr));
+        detail::check(st);
+        return running_;
+    }
+#endif
+
+    std::size_t drive(maas_status st, std::error_code &ec) noexcept
+    {
+        detail::report(st, ec);
+        return running_;
+    }
+
+    maas_multi *m_ = nullptr;
+    std::list<Entry> entries_;
+    Id last_id_ = 0;
+    std::size_t running_ = 0;
+    SocketHook on_socket_;
+    TimerHook on_timer_;
+    std::exception_ptr stream_error_, hook_error_;
 };
 
 } // namespace maas

@@ -111,6 +111,7 @@ struct faults {
     long tokens;          /* -1 off */
     int status;           /* 0 off */
     char retry_after[128];/* "" off */
+    char rate_limit[128]; /* "LIMIT,REMAINING,RESET": X-RateLimit-* headers; "" off */
     /* hostile stream content (docs/emulator.md, "Hostile content") */
     bool endless_line;
     bool invalid_utf8;

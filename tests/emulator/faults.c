@@ -61,6 +61,7 @@ void faults_merge(struct faults *dst, const struct faults *src)
             memcpy(dst->field, src->field, sizeof dst->field);                              \
     } while (0)
     TAKE_TEXT(retry_after);
+    TAKE_TEXT(rate_limit);
     TAKE_TEXT(bad_id);
     TAKE_TEXT(bad_logprob);
     TAKE_TEXT(bad_generated_tokens);
@@ -144,6 +145,7 @@ static const struct fdef defs[] = {
     {"tokens", F_TOKENS, OFF(tokens)},
     {"status", F_STATUS, OFF(status)},
     {"retry-after", F_TEXT, OFF(retry_after)},
+    {"rate-limit", F_TEXT, OFF(rate_limit)},
     {"long-line", F_SIZE, OFF(long_line)},
     {"endless-line", F_FLAG, OFF(endless_line)},
     {"deep-nesting", F_SIZE, OFF(deep_nesting)},

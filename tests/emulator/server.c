@@ -215,10 +215,35 @@ enum shape { SHAPE_AUTO, SHAPE_BARE };
 /* An error in the shape the path uses: OAuth2 on the token endpoint, a bare
  * google.rpc.Status on /models (and routing errors), {"error": Status} on
  * generatestream and the control endpoints. */
+/* The rate-limit fault's three values, verbatim, as X-RateLimit-* headers (parts may be empty). */
+static size_t rate_headers(const struct faults *f, char vals[3][128], const char **headers)
+{
+    static const char *const names[3] = {"X-RateLimit-Limit", "X-RateLimit-Remaining",
+                                         "X-RateLimit-Reset"};
+    const char *p = f->rate_limit;
+    size_t h = 0;
+    if (!p[0])
+        return 0;
+    for (int i = 0; i < 3; i++) {
+        size_t n = strcspn(p, ",");
+        memcpy(vals[i], p, n);
+        vals[i][n] = '\0';
+        if (n) {
+            headers[h++] = names[i];
+            headers[h++] = vals[i];
+        }
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return h;
+}
+
 static enum MHD_Result send_error(struct request *rq, unsigned http, const char *msg,
                                   enum shape shape, bool rid_details, const char *retry_after)
 {
-    const char *headers[7] = {NULL};
+    const char *headers[13] = {NULL};
+    char rate[3][128];
     size_t h = 0;
     json_t *doc;
     /* Messages may quote client input, cut anywhere: keep them valid UTF-8. */
@@ -251,6 +276,7 @@ static enum MHD_Result send_error(struct request *rq, unsigned http, const char 
         headers[h++] = "Retry-After";
         headers[h++] = retry_after;
     }
+    h += rate_headers(&rq->f, rate, headers + h);
     headers[h] = NULL;
     return send_json(rq, http, doc, headers);
 }
@@ -580,6 +606,15 @@ static enum MHD_Result handle_generate(struct request *rq)
     atomic_fetch_add(&g_stats.streams_active, 1);
     atomic_fetch_add(&g_stats.generations, 1);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    {
+        const char *headers[7] = {NULL};
+        char rate[3][128];
+        size_t h = rate_headers(&rq->f, rate, headers);
+        for (size_t i = 0; i < h; i += 2)
+            MHD_add_response_header(r, headers[i], headers[i + 1]);
+        if (rq->f.retry_after[0])
+            MHD_add_response_header(r, "Retry-After", rq->f.retry_after);
+    }
     return queue(rq, 200, r);
 }
 

@@ -115,6 +115,48 @@ static void test_retry_after(void **state)
                 0.0);
 }
 
+/* X-RateLimit-Reset: delta seconds, a Unix time or a duration; anything else is -1. */
+static void test_rate_limit_reset(void **state)
+{
+    (void)state;
+    assert_true(maas_http_parse_rate_reset("30", 1000) == 30.0);
+    assert_true(maas_http_parse_rate_reset("0.5", 1000) == 0.5);
+    assert_true(maas_http_parse_rate_reset("1700000060", 1700000000) == 60.0);
+    assert_true(maas_http_parse_rate_reset("1700000000", 1700000060) == 0.0);
+    assert_true(maas_http_parse_rate_reset("6m0s", 0) == 360.0);
+    assert_true(maas_http_parse_rate_reset("1h2m3s", 0) == 3723.0);
+    assert_true(maas_http_parse_rate_reset("250ms", 0) == 0.25);
+    assert_true(maas_http_parse_rate_reset("1.5s", 0) == 1.5);
+    assert_true(maas_http_parse_rate_reset("", 0) < 0);
+    assert_true(maas_http_parse_rate_reset(NULL, 0) < 0);
+    assert_true(maas_http_parse_rate_reset("-1", 0) < 0);
+    assert_true(maas_http_parse_rate_reset("soon", 0) < 0);
+    assert_true(maas_http_parse_rate_reset("5x", 0) < 0);
+    assert_true(maas_http_parse_rate_reset("5m-3s", 0) < 0);
+}
+
+/* The header callback: X-RateLimit-* in any case, reset by a new status line. */
+static void test_rate_limit_headers(void **state)
+{
+    maas_http_meta m;
+    char h1[] = "x-ratelimit-limit: 100\r\n", h2[] = "X-RATELIMIT-REMAINING:  7 \r\n",
+         h3[] = "X-RateLimit-Reset: 12\r\n", h4[] = "X-RateLimit-Limit: many\r\n",
+         st[] = "HTTP/1.1 200 OK\r\n";
+    (void)state;
+    maas_http_meta_init(&m);
+    maas_http_header_cb(h1, 1, strlen(h1), &m);
+    maas_http_header_cb(h2, 1, strlen(h2), &m);
+    maas_http_header_cb(h3, 1, strlen(h3), &m);
+    assert_int_equal(m.rl_limit, 100);
+    assert_int_equal(m.rl_remaining, 7);
+    assert_true(m.rl_reset == 12.0);
+    maas_http_header_cb(h4, 1, strlen(h4), &m);
+    assert_int_equal(m.rl_limit, -1);
+    maas_http_header_cb(st, 1, strlen(st), &m);
+    assert_int_equal(m.rl_remaining, -1);
+    assert_true(m.rl_reset == -1.0);
+}
+
 static void test_retry_worth(void **state)
 {
     maas_error_rec e;
@@ -168,7 +210,7 @@ static void test_strerror_covers_every_status(void **state)
 {
     int s;
     (void)state;
-    for (s = MAAS_OK; s <= MAAS_ERR_INTERNAL; s++) {
+    for (s = MAAS_OK; s <= MAAS_ERR_PROXY; s++) {
         assert_string_not_equal(maas_strerror((maas_status)s), "unknown status");
         assert_string_not_equal(maas_status_name((maas_status)s), "MAAS_ERR_UNKNOWN");
     }
@@ -203,6 +245,8 @@ int main(void)
         cmocka_unit_test(test_status_classes),
         cmocka_unit_test(test_token_endpoint),
         cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_rate_limit_reset),
+        cmocka_unit_test(test_rate_limit_headers),
         cmocka_unit_test(test_retry_worth),
         cmocka_unit_test(test_retry_delay),
         cmocka_unit_test(test_strerror_covers_every_status),
