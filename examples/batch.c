@@ -378,7 +378,8 @@ struct batch {
     struct idset answered; /* 1: answered ok, 2: answered with a failure */
 
     /* counts */
-    size_t total, done, ok, failed, cancelled, dropped, skipped_answered, other_shards;
+    size_t total, done, ok, failed, cancelled, dropped, skipped_answered, skipped_failed,
+        other_shards;
     uint64_t tokens;
     size_t by_status[MAAS_ERR_INTERNAL + 1];
 
@@ -734,10 +735,10 @@ static int validate(struct batch *b)
             if (!found) {
                 if (!in_shard(b, &it))
                     b->other_shards++;
-                else if (answered(b, &it))
-                    b->skipped_answered++;
-                else
+                else if (!answered(b, &it))
                     b->total++;
+                else if (b->skipped_answered++, idset_get(&b->answered, id_key(&it)) == 2)
+                    b->skipped_failed++;
                 json_decref(it.root);
                 continue;
             }
@@ -1183,8 +1184,9 @@ static void summary(struct batch *b, double now)
     if (shown)
         fputc('\n', stderr);
     if (b->skipped_answered || b->other_shards)
-        fprintf(stderr, "  skipped: %zu already answered in the output, %zu in other shards\n",
-                b->skipped_answered, b->other_shards);
+        fprintf(stderr, "  skipped: %zu already answered in the output (%zu of them failed: "
+                        "--retry-failed runs them again), %zu in other shards\n",
+                b->skipped_answered, b->skipped_failed, b->other_shards);
     fprintf(stderr, "  concurrency: %u at most, %u lowest, %u at the end; %u pause%s for the "
                     "service (%.1f s)\n",
             b->concurrency, b->limit_low, (unsigned)b->limit, b->pauses,
@@ -1431,7 +1433,8 @@ static int run(struct batch *b)
         return b->fatal;
     if (sig_count)
         return sig_last == SIGTERM ? BX_TERMINATED : BX_INTERRUPTED;
-    return b->failed ? BX_FAILED : BX_OK;
+    /* 0 only when every id of the shard has a success line in the output. */
+    return b->failed || b->skipped_failed ? BX_FAILED : BX_OK;
 }
 
 int maas_cli_batch(int argc, char **argv)
