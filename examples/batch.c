@@ -59,6 +59,10 @@ enum {
 #define PAUSE_BACKOFF_MAX_MS 30000.0
 #define DECREASE_GAP_MS 1000.0       /* one multiplicative decrease per second at most */
 #define CONCURRENCY_MAX 4096
+/* The text kept per request. An answer is at most 2047 tokens, a few KiB;
+ * beyond this a server is broken or hostile, and concurrency times this is
+ * the most the answers can take. */
+#define ANSWER_MAX_BYTES (4u * 1024u * 1024u)
 
 static double now_ms(void)
 {
@@ -352,6 +356,7 @@ struct job {
     unsigned attempts_before; /* HTTP attempts of the earlier rounds */
     double t_start, t_first;
     struct sbuf text;
+    int too_long;            /* cancelled: the answer passed ANSWER_MAX_BYTES */
     maas_stream *s;
     struct job *prev, *next;
 };
@@ -558,10 +563,11 @@ static void line_ok(struct batch *b, struct job *j, const maas_details *d, doubl
     emit(b);
 }
 
-static void line_failed(struct batch *b, struct job *j, maas_status st, const maas_error *e)
+static void line_failed(struct batch *b, struct job *j, maas_status st, const maas_error *e,
+                        const char *why)
 {
     struct sbuf *l = &b->line;
-    const char *msg = e && e->message[0] ? e->message : maas_strerror(st);
+    const char *msg = why ? why : e && e->message[0] ? e->message : maas_strerror(st);
     const char *rid = e ? e->request_id : "";
     l->len = 0;
     l->oom = 0;
@@ -970,9 +976,14 @@ static int on_token(const maas_token *t, void *payload)
     struct job *j = payload;
     if (j->t_first == 0)
         j->t_first = now_ms();
-    if (!t->special)
-        sb_add(&j->text, t->text, t->text_len);
-    return j->text.oom; /* out of memory: cancel, reported in on_done */
+    if (t->special)
+        return 0;
+    if (t->text_len > ANSWER_MAX_BYTES - j->text.len) {
+        j->too_long = 1;
+        return 1; /* cancel, reported in on_done */
+    }
+    sb_add(&j->text, t->text, t->text_len);
+    return j->text.oom;
 }
 
 static void on_done(maas_stream *s, maas_status st, void *payload)
@@ -989,11 +1000,14 @@ static void on_done(maas_stream *s, maas_status st, void *payload)
         b->done++;
         b->tokens += maas_stream_details(s)->generated_tokens;
         success(b);
-    } else if (st == MAAS_ERR_CANCELLED && j->text.oom) {
-        line_failed(b, j, MAAS_ERR_NO_MEMORY, NULL);
+    } else if (st == MAAS_ERR_CANCELLED && (j->text.oom || j->too_long)) {
+        maas_status why = j->too_long ? MAAS_ERR_PROTOCOL : MAAS_ERR_NO_MEMORY;
+        line_failed(b, j, why, e,
+                    j->too_long ? "the answer passed the 4 MiB that maas batch keeps per request"
+                                : "out of memory keeping the answer");
         b->failed++;
         b->done++;
-        b->by_status[MAAS_ERR_NO_MEMORY]++;
+        b->by_status[why]++;
     } else if (st == MAAS_ERR_CANCELLED) {
         b->cancelled++; /* no line: the next run starts it again */
     } else if (st == MAAS_ERR_AUTH || st == MAAS_ERR_UNAUTHENTICATED ||
@@ -1028,7 +1042,7 @@ static void on_done(maas_stream *s, maas_status st, void *payload)
         if (back && j->rounds < MAX_ROUNDS) {
             b->dropped++; /* stopping: left for the next run */
         } else {
-            line_failed(b, j, st, e);
+            line_failed(b, j, st, e, NULL);
             b->failed++;
             b->done++;
             b->by_status[st <= MAAS_ERR_INTERNAL ? st : MAAS_ERR_INTERNAL]++;
@@ -1123,7 +1137,7 @@ static void start(struct batch *b, struct job *j)
     j->s = NULL;
     if (st == MAAS_ERR_INVALID_ARGUMENT || st == MAAS_ERR_INVALID_REQUEST ||
         st == MAAS_ERR_UNKNOWN_MODEL) {
-        line_failed(b, j, st, maas_last_error());
+        line_failed(b, j, st, maas_last_error(), NULL);
         b->failed++;
         b->done++;
         b->by_status[st]++;
@@ -1372,8 +1386,13 @@ static int run(struct batch *b)
     for (;;) {
         double now = now_ms(), wait;
         uint64_t retries;
-        if (sig_count >= 1 && !b->stopping)
+        if (sig_count >= 1 && !b->stopping) {
             b->stopping = 1; /* first signal: no new starts, running ones finish */
+            clear_progress(b);
+            fprintf(stderr, "maas batch: %s: finishing the %zu running requests (SIGINT again "
+                            "to cancel them)\n", sig_last == SIGTERM ? "terminated" : "interrupted",
+                    b->nrunning);
+        }
         if (sig_count >= 2 && !cancel_sent) {
             struct job *j;
             for (j = b->running; j; j = j->next)
