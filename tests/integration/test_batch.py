@@ -431,11 +431,20 @@ class Batch(unittest.TestCase):
         failed = {r["id"]: r["error"] for r in lines if "error" in r}
         for rid, status in fixed.items():
             self.assertEqual(failed[rid]["status"], status, failed[rid])
+        stream_errors = 0
         for rid, e in failed.items():
             self.assertEqual(set(e), ERR_FIELDS)
-            if rid not in fixed:  # a random error line after the first tokens
-                self.assertEqual((e["status"], e["grpc_code"]), ("MAAS_ERR_STREAM", 14), e)
-        self.assertGreater(len(failed), len(fixed))
+            if rid in fixed:
+                continue
+            # Mostly a random error line after the first tokens (never retried); rarely
+            # a request whose every attempt drew a drop, a 429 or a 503.
+            if e["status"] == "MAAS_ERR_STREAM":
+                self.assertEqual(e["grpc_code"], 14, e)
+                stream_errors += 1
+            else:
+                self.assertIn(e["status"], ("MAAS_ERR_NETWORK", "MAAS_ERR_RATE_LIMITED",
+                                            "MAAS_ERR_UNAVAILABLE"), e)
+        self.assertGreater(stream_errors, 0)
         ok = [r for r in lines if "error" not in r]
         for r in ok:
             self.assertEqual(r["text"], ref[key(r["id"])], r["id"])
