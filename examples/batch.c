@@ -1270,7 +1270,7 @@ static int parse_args(struct batch *b, int argc, char **argv)
             }
             b->temperature = t;
         } else if (!strcmp(a, "--output")) {
-            b->output = v;
+            b->output = strcmp(v, "-") ? v : NULL; /* "-": standard output, no resume */
         } else if (!strcmp(a, "--shard")) {
             unsigned si, sn;
             char c;

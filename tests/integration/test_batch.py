@@ -132,6 +132,10 @@ class Batch(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         lines = [json.loads(x) for x in out.split("\n") if x]
         self.assert_once(lines, items)
+        rc, out, err = self.batch("--output", "-", "-", stdin=data)
+        self.assertEqual(rc, 0, err)
+        self.assert_once([json.loads(x) for x in out.split("\n") if x], items)
+        self.assertFalse(os.path.exists("-"))
 
     def test_failures_carry_their_status(self):
         items = prompts(10) + [
