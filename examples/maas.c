@@ -19,6 +19,8 @@
 
 #include <maas/maas.h>
 
+#include "batch.h"
+
 enum exit_code {
     EXIT_OK = 0,
     EXIT_INTERNAL = 1,
@@ -39,8 +41,10 @@ static void usage(FILE *f)
           "       maas generate [--model NAME] [--max-tokens N] [--temperature T]\n"
           "                     [--idle-timeout SECONDS] [--timeout SECONDS]\n"
           "                     [--connect-timeout SECONDS] [--retries N]\n"
-          "                     [--json] [--details] [--] PROMPT|-\n"
-          "       maas --help | --version\n"
+          "                     [--json] [--details] [--] PROMPT|-\n",
+          f);
+    maas_cli_batch_usage(f);
+    fputs("       maas --help | --version\n"
           "\n"
           "Commands:\n"
           "  models     list the models, one per line: model name, product name, product id\n"
@@ -48,6 +52,8 @@ static void usage(FILE *f)
           "  generate   stream a generation; the text of non-special tokens goes to stdout\n"
           "             as it arrives. PROMPT '-' reads the prompt from stdin; after '--'\n"
           "             a prompt may start with '-'.\n"
+          "  batch      run every prompt of a JSON Lines file (docs/batch.md), one result\n"
+          "             line per request; resumable, rate-aware; exit 6 if any failed.\n"
           "\n"
           "Options of generate:\n"
           "  --model NAME          model name or product name (default: the first listed model)\n"
@@ -579,6 +585,8 @@ int main(int argc, char **argv)
         printf("maas %s (libmaas %s)\n", MAAS_VERSION_STRING, maas_version());
         return EXIT_OK;
     }
+    if (!strcmp(argv[1], "batch")) /* before the signal thread below: it has its own */
+        return maas_cli_batch(argc - 2, argv + 2);
     /* Signals are taken by one thread, so a cancel never runs inside a handler. */
     sigemptyset(&set);
     sigaddset(&set, SIGINT);

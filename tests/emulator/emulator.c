@@ -32,6 +32,7 @@ static const char usage[] =
     "usage: maas-emulator [--host ADDR] [--port N] [--client-id ID] [--client-secret S]\n"
     "                     [--cloud-account ACC] [--token-lifetime SECONDS]\n"
     "                     [--token-delay-ms N] [--token-interval-ms N] [--fault SPEC]...\n"
+    "                     [--random-fault PERCENT:SPEC[+SPEC...]]... [--random-seed N]\n"
     "                     [--tls-cert PEM --tls-key PEM] [--quiet] [--help] [--version]\n"
     "\n"
     "A local server for the Intel Tiber AI Cloud MaaS API: POST /oauth2/token,\n"
@@ -48,6 +49,9 @@ static const char usage[] =
     "  --token-delay-ms N       pause before the token endpoint answers (default 0)\n"
     "  --token-interval-ms N    pause between streamed tokens (default 0)\n"
     "  --fault SPEC             a fault for every generation, e.g. split, delay=50\n"
+    "  --random-fault P:SPEC    SPEC (faults joined by +) on P percent of generations,\n"
+    "                           drawn per request, e.g. 5:status=429+retry-after=1\n"
+    "  --random-seed N          seed of those draws (default: from the clock)\n"
     "  --tls-cert PEM, --tls-key PEM   serve HTTPS with this certificate and key\n"
     "  --quiet                  no per-request log lines on stderr\n"
     "\n"
@@ -174,7 +178,7 @@ static bool resolve_host(const char *host, struct sockaddr_storage *ss, socklen_
 
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_ID, OPT_SECRET, OPT_ACCOUNT, OPT_LIFETIME, OPT_TOKEN_DELAY,
-    OPT_INTERVAL, OPT_FAULT, OPT_CERT, OPT_KEY, OPT_QUIET, OPT_HELP, OPT_VERSION,
+    OPT_INTERVAL, OPT_FAULT, OPT_RANDOM_FAULT, OPT_RANDOM_SEED, OPT_CERT, OPT_KEY, OPT_QUIET, OPT_HELP, OPT_VERSION,
 };
 
 static void parse_args(int argc, char **argv)
@@ -189,6 +193,8 @@ static void parse_args(int argc, char **argv)
         {"token-delay-ms", required_argument, NULL, OPT_TOKEN_DELAY},
         {"token-interval-ms", required_argument, NULL, OPT_INTERVAL},
         {"fault", required_argument, NULL, OPT_FAULT},
+        {"random-fault", required_argument, NULL, OPT_RANDOM_FAULT},
+        {"random-seed", required_argument, NULL, OPT_RANDOM_SEED},
         {"tls-cert", required_argument, NULL, OPT_CERT},
         {"tls-key", required_argument, NULL, OPT_KEY},
         {"quiet", no_argument, NULL, OPT_QUIET},
@@ -238,6 +244,13 @@ static void parse_args(int argc, char **argv)
             if (!faults_parse_spec(&g_cfg.cli_faults, optarg, strlen(optarg), err, sizeof err))
                 die_usage("--fault: %s", err);
             break;
+        case OPT_RANDOM_FAULT:
+            if (!faults_random_add(optarg, err, sizeof err))
+                die_usage("--random-fault: %s", err);
+            break;
+        case OPT_RANDOM_SEED:
+            faults_random_seed((uint64_t)num_arg("--random-seed", optarg, 0, 2147483647L));
+            break;
         case OPT_CERT:
             cert = optarg;
             break;
@@ -282,6 +295,7 @@ int main(int argc, char **argv)
     g_cfg.cloud_account = "123456789012";
     g_cfg.token_lifetime_s = 3600;
     faults_init(&g_cfg.cli_faults);
+    faults_random_seed((uint64_t)time(NULL) * 2654435761u);
     parse_args(argc, argv);
 
     struct sockaddr_storage addr;

@@ -207,6 +207,10 @@ bool fault_queue_push(enum route path, const struct faults *f, long count);
 /* Merge into f one use of every queued entry for path. */
 void fault_queue_take(enum route path, struct faults *f);
 void fault_queue_clear(void);
+/* --random-fault PERCENT:SPEC[+SPEC...]: each generation gets SPEC with that chance. */
+bool faults_random_add(const char *arg, char *err, size_t errlen);
+void faults_random_seed(uint64_t seed);
+void faults_random_take(struct faults *f);
 
 /* ------------------------------------------------------------------ */
 /* auth.c                                                              */

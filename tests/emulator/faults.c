@@ -346,3 +346,61 @@ void fault_queue_clear(void)
     }
     pthread_mutex_unlock(&qmu);
 }
+
+/* ---- random faults (--random-fault PERCENT:SPEC[+SPEC...]) ------------------ */
+
+/* Each generation draws once per entry: a fault that hits some attempts and
+ * not others, as a busy service does, for clients that retry and resume. */
+#define RANDOM_FAULTS_MAX 16
+static struct {
+    double percent;
+    struct faults f;
+} g_random[RANDOM_FAULTS_MAX];
+static int g_nrandom;
+static uint64_t g_rstate = 0x9e3779b97f4a7c15ull;
+static pthread_mutex_t rmu = PTHREAD_MUTEX_INITIALIZER;
+
+void faults_random_seed(uint64_t seed)
+{
+    g_rstate = seed ? seed : 0x9e3779b97f4a7c15ull;
+}
+
+bool faults_random_add(const char *arg, char *err, size_t errlen)
+{
+    char *end;
+    double pct = strtod(arg, &end);
+    if (end == arg || *end != ':' || !(pct >= 0 && pct <= 100)) {
+        snprintf(err, errlen, "want PERCENT:SPEC with 0 <= PERCENT <= 100, got \"%s\"", arg);
+        return false;
+    }
+    if (g_nrandom == RANDOM_FAULTS_MAX) {
+        snprintf(err, errlen, "at most %d random faults", RANDOM_FAULTS_MAX);
+        return false;
+    }
+    faults_init(&g_random[g_nrandom].f);
+    for (const char *p = end + 1;;) {
+        size_t n = strcspn(p, "+");
+        if (!faults_parse_spec(&g_random[g_nrandom].f, p, n, err, errlen))
+            return false;
+        if (!p[n])
+            break;
+        p += n + 1;
+    }
+    g_random[g_nrandom++].percent = pct;
+    return true;
+}
+
+void faults_random_take(struct faults *f)
+{
+    for (int i = 0; i < g_nrandom; i++) {
+        uint64_t x;
+        pthread_mutex_lock(&rmu);
+        g_rstate ^= g_rstate << 13;
+        g_rstate ^= g_rstate >> 7;
+        g_rstate ^= g_rstate << 17;
+        x = g_rstate;
+        pthread_mutex_unlock(&rmu);
+        if ((double)(x >> 11) / (double)(1ull << 53) * 100.0 < g_random[i].percent)
+            faults_merge(f, &g_random[i].f);
+    }
+}

@@ -761,8 +761,10 @@ static void prepare(struct request *rq)
     rq->prepared = true;
     if (rq->route != ROUTE_TOKEN && rq->route != ROUTE_MODELS && rq->route != ROUTE_GENERATE)
         return;
-    if (rq->route == ROUTE_GENERATE)
+    if (rq->route == ROUTE_GENERATE) {
         faults_merge(&rq->f, &g_cfg.cli_faults);
+        faults_random_take(&rq->f);
+    }
     fault_queue_take(rq->route, &rq->f);
     if (rq->route == ROUTE_GENERATE && !rq->too_large) {
         rq->g.decoded = decode_body(&rq->g, rq->in.p ? rq->in.p : "", rq->in.len);
