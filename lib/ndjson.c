@@ -380,6 +380,30 @@ maas_status maas_ndjson_next(maas_ndjson *d, maas_msg *out)
     }
 }
 
+int maas_ndjson_has_line(maas_ndjson *d)
+{
+    char *first = d->buf + d->start, *line = first, *end = d->buf + d->len;
+    const char *from = first + d->scanned, *nl;
+
+    if (d->failed != MAAS_OK || d->start + d->scanned >= d->len)
+        return 0;
+    for (;;) {
+        nl = memchr(from, '\n', (size_t)(end - from));
+        if (nl == NULL) {
+            if (line == first)
+                d->scanned = d->len - d->start;
+            return 0;
+        }
+        if (line == first) /* [start, nl) holds no '\n': next() finds this one at once */
+            d->scanned = (size_t)(nl - first);
+        /* next() skips blank lines: only a line with content is a message to come */
+        if (!is_blank_line(line, (size_t)(nl - line)))
+            return 1;
+        line = (char *)nl + 1;
+        from = line;
+    }
+}
+
 maas_status maas_ndjson_finish(maas_ndjson *d, maas_msg *out)
 {
     maas_status st = maas_ndjson_next(d, out);

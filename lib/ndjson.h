@@ -83,6 +83,14 @@ maas_status maas_ndjson_next(maas_ndjson *d, maas_msg *out);
  */
 maas_status maas_ndjson_finish(maas_ndjson *d, maas_msg *out);
 
+/*
+ * Whether a complete non-blank line is buffered after what next() has
+ * handed out: 0 means the last message came from the end of what has been
+ * fed so far (maas_token.last_buffered). The '\n' it finds is not searched
+ * for again by next(). 0 after a failure.
+ */
+int maas_ndjson_has_line(maas_ndjson *d);
+
 /* Bytes buffered and not yet consumed. */
 size_t maas_ndjson_pending(const maas_ndjson *d);
 
