@@ -37,10 +37,12 @@
     "\"FINISH_REASON_EOS_TOKEN\",\"generated_tokens\":7},\"requestID\":\"rid-1\"}}}\n"
 
 /* Each piece is sent once the client has delivered `after` tokens. */
-static const struct piece {
+typedef struct piece {
     const char *bytes;
     size_t after;
-} pieces[] = {
+} piece;
+
+static const piece pieces[] = {
     {TOKEN_LINE(10, "a") TOKEN_LINE(11, " b") TOKEN_LINE(12, " c"), 0},
     {TOKEN_LINE(13, " d"), 3},
     {TOKEN_LINE(14, " e") "\n" TOKEN_LINE(15, " f") FINAL_LINE, 4},
@@ -49,6 +51,15 @@ static const struct piece {
    message's; " f" is followed by the final message in its read. */
 static const int expected[] = {0, 0, 1, 1, 0, 0, 1};
 #define NTOK (sizeof expected / sizeof expected[0])
+
+/* One token per piece, each sent once the one before was handed out. */
+#define NSLOW 30
+static piece slow_pieces[NSLOW + 1];
+static char slow_lines[NSLOW][200];
+
+/* The script the server plays: `pieces` unless a test says otherwise. */
+static const piece *script = pieces;
+static size_t script_len = sizeof pieces / sizeof pieces[0];
 
 /* ---- the scripted server -------------------------------------------------- */
 
@@ -153,9 +164,9 @@ static void serve(int fd)
                              "Connection: close\r\n\r\n";
     if (send_all(fd, ok, sizeof ok - 1) != 0)
         return;
-    for (i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
-        wait_delivered(pieces[i].after);
-        if (send_all(fd, pieces[i].bytes, strlen(pieces[i].bytes)) != 0)
+    for (i = 0; i < script_len; i++) {
+        wait_delivered(script[i].after);
+        if (send_all(fd, script[i].bytes, strlen(script[i].bytes)) != 0)
             return;
     }
 }
@@ -350,12 +361,75 @@ static void test_multi(void **state)
     maas_client_free(c);
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/*
+ * A token is handed out as soon as its line has arrived, not when the next
+ * packet or the transfer's 1 s poll clock wakes the blocking loop. The server
+ * sends each line only after the one before was handed out, so nothing else
+ * wakes the loop: a client that waited for its poll clock would take at least
+ * NSLOW - 1 seconds. The bound is half that, far above what the exchange
+ * costs on a loaded machine under valgrind.
+ */
+static void test_each_token_handed_out_on_arrival(void **state)
+{
+    maas_client *c = new_client();
+    maas_request r = MAAS_REQUEST_INIT;
+    maas_stream *st = NULL;
+    const maas_token *t;
+    maas_status rc;
+    double t0;
+    seen s;
+    size_t i, n = 0;
+    (void)state;
+
+    for (i = 0; i < NSLOW; i++) {
+        snprintf(slow_lines[i], sizeof slow_lines[i],
+                 "{\"result\":{\"response\":{\"token\":{\"id\":%zu,\"text\":\"w%zu \","
+                 "\"special\":false},\"top_tokens\":[],\"requestID\":\"rid-2\"}}}\n",
+                 i + 100, i);
+        slow_pieces[i].bytes = slow_lines[i];
+        slow_pieces[i].after = i;
+    }
+    slow_pieces[NSLOW].bytes = FINAL_LINE;
+    slow_pieces[NSLOW].after = NSLOW;
+    script = slow_pieces;
+    script_len = NSLOW + 1;
+
+    memset(&s, 0, sizeof s);
+    fresh_round(&r);
+    expect_status(maas_stream_open(&st, c, &r), MAAS_OK);
+    t0 = now_s();
+    while ((rc = maas_stream_next(st, &t)) == MAAS_OK) {
+        if (n < NSLOW)
+            assert_int_equal(t->last_buffered, 1); /* each came alone */
+        n++;
+        delivered_one();
+    }
+    assert_int_equal(rc, MAAS_DONE);
+    assert_int_equal(n, NSLOW + 1);
+    if (now_s() - t0 >= (NSLOW - 1) / 2.0)
+        fail_msg("%d lines, each sent after the last was handed out, took %.1f s: "
+                 "tokens waited for the poll clock", NSLOW, now_s() - t0);
+    assert_int_equal(S.waits_timed_out, 0);
+    script = pieces;
+    script_len = sizeof pieces / sizeof pieces[0];
+    maas_stream_free(st);
+    maas_client_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_callbacks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pull_iterator, setup, teardown),
         cmocka_unit_test_setup_teardown(test_multi, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_each_token_handed_out_on_arrival, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
