@@ -348,9 +348,19 @@ static maas_status take_line(maas_ndjson *d, char *line, size_t len, maas_msg *o
 /* Framing                                                             */
 /* ------------------------------------------------------------------ */
 
+static maas_status next_line(maas_ndjson *d, maas_msg *out);
+
 maas_status maas_ndjson_next(maas_ndjson *d, maas_msg *out)
 {
-    maas_msg_init(out);
+    /* A decoded line fills every field of *out itself: empty it only otherwise. */
+    maas_status st = next_line(d, out);
+    if (st != MAAS_OK)
+        maas_msg_init(out);
+    return st;
+}
+
+static maas_status next_line(maas_ndjson *d, maas_msg *out)
+{
     if (d->failed != MAAS_OK)
         return d->failed;
     release_held(d);

@@ -58,6 +58,7 @@ void maas_scan_buf_free(maas_scan_buf *b)
     free(b->p);
     b->p = NULL;
     b->cap = 0;
+    b->rid_len = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -84,6 +85,27 @@ static const unsigned char plain[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
+
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+/*
+ * Whether all 8 bytes at p are plain[] bytes, a word at a time (SIMD-free:
+ * a 64-bit load through memcpy, any byte order). (x - n*ONES) & ~x & HIGHS
+ * is nonzero exactly when some byte of x is below n (n <= 0x80), so it
+ * finds control bytes (< 0x20), and on x ^ c*ONES the bytes equal to c;
+ * x & HIGHS finds bytes from 0x80. A word with any of them goes to the
+ * byte loop, which then stops exactly where plain[] says.
+ */
+static inline int word_plain(const unsigned char *p)
+{
+    uint64_t x, q, b;
+    memcpy(&x, p, 8);
+    q = x ^ (ONES * '"');
+    b = x ^ (ONES * '\\');
+    return (((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((b - ONES) & ~b) | x) & HIGHS
+               ? 0 : 1;
+}
 
 typedef struct scanner {
     const char *line; /* start of the line (offsets are relative to it) */
@@ -161,6 +183,10 @@ static int scan_string(scanner *s, strval *out)
 
     for (;;) {
         unsigned char c;
+        /* Eight plain bytes at a time (see word_plain), then byte by byte
+           from the first word that holds anything else. */
+        while (e - p >= 8 && word_plain(p))
+            p += 8;
         while (p < e && plain[*p])
             p++;
         if (SCAN_UNLIKELY(p >= e))
@@ -397,9 +423,12 @@ static int scan_id(scanner *s, uint32_t *out)
     if (*p == '0') {
         p++;
     } else {
-        first = p;
-        while (p < e && is_digit(*p) && p - first < 11)
-            v = v * 10 + (uint64_t)(*p++ - '0');
+        const char *lim = e - p > 11 ? p + 11 : e;
+        unsigned d;
+        while (p < lim && (d = (unsigned)(unsigned char)*p - '0') < 10) {
+            v = v * 10 + d;
+            p++;
+        }
     }
     /* a real (message.c refuses it), a leading zero (a syntax error), a
        negative or too large integer: all declined */
@@ -462,6 +491,19 @@ static int scan_number(scanner *s, double *out)
         }                                                              \
     } while (0)
 
+/* The digits that surely fit (digits stays <= 19) without TAKE_DIGIT's
+   test per digit: the same w and digits. TAKE_DIGIT goes on from there. */
+#define TAKE_RUN()                                                                   \
+    do {                                                                             \
+        const char *lim_ = e - p > 19 - digits ? p + (19 - digits) : e;              \
+        unsigned d_;                                                                 \
+        while (p < lim_ && (d_ = (unsigned)(unsigned char)*p - '0') < 10) {          \
+            w = w * 10 + d_;                                                         \
+            digits += w != 0;                                                        \
+            p++;                                                                     \
+        }                                                                            \
+    } while (0)
+
     if (p < e && *p == '-') {
         neg = 1;
         p++;
@@ -473,6 +515,7 @@ static int scan_number(scanner *s, double *out)
         if (p < e && is_digit(*p))
             return 0; /* leading zero */
     } else {
+        TAKE_RUN();
         while (p < e && is_digit(*p)) {
             TAKE_DIGIT(*p);
             p++;
@@ -483,6 +526,11 @@ static int scan_number(scanner *s, double *out)
         p++;
         if (p >= e || !is_digit(*p))
             return 0;
+        {
+            const char *b = p;
+            TAKE_RUN();
+            exp10 -= (long)(p - b);
+        }
         while (p < e && is_digit(*p)) {
             TAKE_DIGIT(*p);
             exp10--;
@@ -506,6 +554,7 @@ static int scan_number(scanner *s, double *out)
         exp10 += xneg ? -x : x;
     }
 #undef TAKE_DIGIT
+#undef TAKE_RUN
     s->p = p;
 
     if (!real) {
@@ -659,6 +708,67 @@ static int scan_response(scanner *s, fields *f, int level)
     return (seen & K_TOKEN) != 0;
 }
 
+/* Take the literal bytes lit[0..n) at s->p, with no whitespace around. */
+#define TAKE_LIT(s, lit)                                                                  \
+    ((size_t)((s)->end - (s)->p) >= sizeof(lit) - 1 &&                                   \
+     memcmp((s)->p, (lit), sizeof(lit) - 1) == 0 && ((s)->p += sizeof(lit) - 1, 1))
+
+/*
+ * The line exactly as the service writes it: no whitespace, keys in its
+ * order, "logprob" optional,
+ *   {"result":{"response":{"token":{"id":N,"text":"..","logprob":X,"special":B},
+ *    "top_tokens":[],"requestID":".."}}}
+ * Each piece of structure is one fixed-size comparison instead of a key
+ * lexed and classified; values go through the same functions as in
+ * scan_line(), so what this accepts it reads exactly as scan_line() would.
+ * Any difference, however harmless, returns 0 and scan_line() starts over.
+ */
+static int scan_canonical(scanner *s, fields *f, maas_scan_buf *cache)
+{
+    size_t n;
+
+    if (!TAKE_LIT(s, "{\"result\":{\"response\":{\"token\":{\"id\":") || !scan_id(s, &f->id) ||
+        !TAKE_LIT(s, ",\"text\":\"") )
+        return 0;
+    s->p--; /* scan_string starts at the opening quote */
+    if (!scan_string(s, &f->text))
+        return 0;
+    if (TAKE_LIT(s, ",\"logprob\":")) {
+        if (!scan_logprob(s, &f->logprob))
+            return 0;
+        f->has_logprob = 1;
+    }
+    if (!TAKE_LIT(s, ",\"special\":"))
+        return 0;
+    if (TAKE_LIT(s, "false"))
+        f->special = 0;
+    else if (TAKE_LIT(s, "true"))
+        f->special = 1;
+    else
+        return 0;
+    if (!TAKE_LIT(s, "},\"top_tokens\":[],\"requestID\":\""))
+        return 0;
+    n = cache->rid_len;
+    if (n != 0 && (size_t)(s->end - s->p) > n && s->p[n] == '"' &&
+        memcmp(s->p, cache->rid, n) == 0) {
+        /* The bytes of the last request id validated, up to its closing quote. */
+        f->rid.off = (size_t)(s->p - s->line);
+        f->rid.len = n;
+        f->rid.escaped = 0;
+        s->p += n + 1;
+    } else {
+        s->p--;
+        if (!scan_string(s, &f->rid))
+            return 0;
+        if (!f->rid.escaped && f->rid.len != 0 && f->rid.len <= sizeof cache->rid) {
+            memcpy(cache->rid, s->line + f->rid.off, f->rid.len);
+            cache->rid_len = f->rid.len;
+        }
+    }
+    f->has_rid = 1;
+    return TAKE_LIT(s, "}}}") && s->p == s->end;
+}
+
 static int scan_line(scanner *s, fields *f)
 {
     skip_ws(s);
@@ -718,8 +828,12 @@ maas_scan_result maas_scan_token_line(char *line, size_t len, maas_msg *out,
     memset(&f, 0, sizeof f);
     s.line = s.p = line;
     s.end = line + len;
-    if (!scan_line(&s, &f))
-        goto declined;
+    if (!scan_canonical(&s, &f, scratch)) {
+        memset(&f, 0, sizeof f);
+        s.p = line;
+        if (!scan_line(&s, &f))
+            goto declined;
+    }
 
     /* Room for the unescaped strings before any is written: one growth at most. */
     if (f.text.escaped)

@@ -36,6 +36,8 @@
 #include <stddef.h>
 #include "message.h"
 
+#define MAAS_SCAN_RID_CACHE 64
+
 /* Scratch space for unescaped strings, owned by the caller and reused from
    line to line. Zero-initialise; free with maas_scan_buf_free(). It grows
    only for a line with escaped strings longer than any before (by doubling,
@@ -43,6 +45,11 @@
 typedef struct maas_scan_buf {
     char *p;
     size_t cap;
+    /* The last request id the scanner validated (unescaped, at most
+       MAAS_SCAN_RID_CACHE bytes): the service repeats one on every line,
+       and the same bytes need no second look. rid_len 0: none. */
+    size_t rid_len;
+    char rid[MAAS_SCAN_RID_CACHE];
 } maas_scan_buf;
 
 void maas_scan_buf_free(maas_scan_buf *b);

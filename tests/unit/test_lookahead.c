@@ -55,7 +55,7 @@ static void no_more(maas_ndjson *d)
 static void test_coalesced_lines_end_on_the_last(void **state)
 {
     maas_ndjson d;
-    char all[640] = "";
+    char all[2600] = "";
     unsigned i;
     (void)state;
 
@@ -120,7 +120,7 @@ static void test_one_line_per_read(void **state)
 static void test_blank_lines_are_not_messages(void **state)
 {
     maas_ndjson d;
-    char all[640];
+    char all[2600];
     (void)state;
 
     maas_ndjson_init(&d, 0);
@@ -145,7 +145,7 @@ static void test_failed_decoder_has_nothing(void **state)
 {
     maas_ndjson d;
     maas_msg m;
-    char all[640];
+    char all[2600];
     (void)state;
 
     maas_ndjson_init(&d, 0);
