@@ -233,6 +233,14 @@ static void test_request_id_cache(void **state)
                      MAAS_SCAN_TOKEN);
     assert_string_equal(m.request_id, "qA");
     free(k);
+    /* the remembered bytes, then anything but their closing quote */
+    assert_int_equal(scan(canon(line, sizeof line, "i", "ab"), &m, &b, &k), MAAS_SCAN_TOKEN);
+    free(k);
+    assert_int_equal(scan("{\"result\":{\"response\":{\"token\":{\"id\":1,\"text\":\"j\","
+                          "\"special\":false},\"top_tokens\":[],\"requestID\":\"abX}}}",
+                          &m, &b, &k),
+                     MAAS_SCAN_DECLINED);
+    free(k);
     maas_scan_buf_free(&b);
     assert_int_equal(b.rid_len, 0);
 }
