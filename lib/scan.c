@@ -107,6 +107,30 @@ static inline int word_plain(const unsigned char *p)
                ? 0 : 1;
 }
 
+/*
+ * Eight ASCII digits at p as a number, or -1 when any of the eight bytes is
+ * not a digit. The bytes are assembled little-endian by shifts (compilers
+ * make that one load where it is one), so the arithmetic below, which
+ * combines neighbouring digits in pairs, then fours, then the eight, works
+ * in any byte order.
+ */
+static inline int64_t eight_digits(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    uint64_t x = (uint64_t)u[0] | (uint64_t)u[1] << 8 | (uint64_t)u[2] << 16 |
+                 (uint64_t)u[3] << 24 | (uint64_t)u[4] << 32 | (uint64_t)u[5] << 40 |
+                 (uint64_t)u[6] << 48 | (uint64_t)u[7] << 56;
+    /* every byte in '0'..'9': its high nibble is 3, and adding 6 keeps it 3 */
+    if ((x & UINT64_C(0xF0F0F0F0F0F0F0F0)) != UINT64_C(0x3030303030303030) ||
+        ((x + UINT64_C(0x0606060606060606)) & UINT64_C(0xF0F0F0F0F0F0F0F0)) !=
+            UINT64_C(0x3030303030303030))
+        return -1;
+    x -= UINT64_C(0x3030303030303030);
+    x = (x * 10 + (x >> 8)) & UINT64_C(0x00FF00FF00FF00FF);           /* pairs */
+    x = (x * 100 + (x >> 16)) & UINT64_C(0x0000FFFF0000FFFF);         /* fours */
+    return (int64_t)((x * 10000 + (x >> 32)) & UINT64_C(0xFFFFFFFF)); /* eight */
+}
+
 typedef struct scanner {
     const char *line; /* start of the line (offsets are relative to it) */
     const char *p;    /* next byte to read */
@@ -425,6 +449,11 @@ static int scan_id(scanner *s, uint32_t *out)
     } else {
         const char *lim = e - p > 11 ? p + 11 : e;
         unsigned d;
+        int64_t d8;
+        if (lim - p >= 8 && (d8 = eight_digits(p)) >= 0) {
+            v = (uint64_t)d8;
+            p += 8;
+        }
         while (p < lim && (d = (unsigned)(unsigned char)*p - '0') < 10) {
             v = v * 10 + d;
             p++;
@@ -497,6 +526,18 @@ static int scan_number(scanner *s, double *out)
     do {                                                                             \
         const char *lim_ = e - p > 19 - digits ? p + (19 - digits) : e;              \
         unsigned d_;                                                                 \
+        int64_t d8_;                                                                 \
+        while (lim_ - p >= 8 && (d8_ = eight_digits(p)) >= 0) {                      \
+            if (w != 0) {                                                            \
+                digits += 8;                                                         \
+            } else {                                                                 \
+                for (d_ = 0; d_ < 8 && p[d_] == '0'; d_++)                          \
+                    ;                                                                \
+                digits += 8 - (int)d_; /* from the first digit that is not 0 */     \
+            }                                                                        \
+            w = w * 100000000u + (uint64_t)d8_;                                      \
+            p += 8;                                                                  \
+        }                                                                            \
         while (p < lim_ && (d_ = (unsigned)(unsigned char)*p - '0') < 10) {          \
             w = w * 10 + d_;                                                         \
             digits += w != 0;                                                        \
