@@ -39,6 +39,8 @@ typedef struct maas_ndjson {
     size_t scanned;     /* bytes after start already known to hold no '\n' */
     size_t tail_at;     /* 0, or the index just past a '\n' known to be the last one
                            in [start, len) when feed() last looked (feed's cap check) */
+    size_t nl_end;      /* 0, or the index just past the last '\n' in [0, len): a
+                           complete line is buffered when nl_end > start */
     size_t max_line;
     unsigned long line_no;  /* lines seen, for error messages */
     maas_status failed; /* MAAS_OK until the first failure */

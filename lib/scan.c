@@ -764,7 +764,7 @@ static int scan_response(scanner *s, fields *f, int level)
  * scan_line(), so what this accepts it reads exactly as scan_line() would.
  * Any difference, however harmless, returns 0 and scan_line() starts over.
  */
-static int scan_canonical(scanner *s, fields *f, maas_scan_buf *cache)
+static int canonical_body(scanner *s, fields *f, maas_scan_buf *cache)
 {
     size_t n;
 
@@ -807,7 +807,12 @@ static int scan_canonical(scanner *s, fields *f, maas_scan_buf *cache)
         }
     }
     f->has_rid = 1;
-    return TAKE_LIT(s, "}}}") && s->p == s->end;
+    return TAKE_LIT(s, "}}}");
+}
+
+static int scan_canonical(scanner *s, fields *f, maas_scan_buf *cache)
+{
+    return canonical_body(s, f, cache) && s->p == s->end;
 }
 
 static int scan_line(scanner *s, fields *f)
@@ -859,22 +864,12 @@ static const char *deliver(char *line, const strval *v, maas_scan_buf *scratch, 
     return dst;
 }
 
-maas_scan_result maas_scan_token_line(char *line, size_t len, maas_msg *out,
-                                      maas_scan_buf *scratch)
+/* Fill *out from the fields of a scanned line (the strings delivered now). */
+static maas_scan_result take_fields(char *line, const fields *fp, maas_msg *out,
+                                    maas_scan_buf *scratch)
 {
-    scanner s;
-    fields f;
+    const fields f = *fp;
     size_t need = 0, used = 0, n;
-
-    memset(&f, 0, sizeof f);
-    s.line = s.p = line;
-    s.end = line + len;
-    if (!scan_canonical(&s, &f, scratch)) {
-        memset(&f, 0, sizeof f);
-        s.p = line;
-        if (!scan_line(&s, &f))
-            goto declined;
-    }
 
     /* Room for the unescaped strings before any is written: one growth at most. */
     if (f.text.escaped)
@@ -899,4 +894,42 @@ maas_scan_result maas_scan_token_line(char *line, size_t len, maas_msg *out,
 declined:
     maas_msg_init(out);
     return MAAS_SCAN_DECLINED;
+}
+
+maas_scan_result maas_scan_token_line(char *line, size_t len, maas_msg *out,
+                                      maas_scan_buf *scratch)
+{
+    scanner s;
+    fields f;
+
+    memset(&f, 0, sizeof f);
+    s.line = s.p = line;
+    s.end = line + len;
+    if (!scan_canonical(&s, &f, scratch)) {
+        memset(&f, 0, sizeof f);
+        s.p = line;
+        if (!scan_line(&s, &f)) {
+            maas_msg_init(out);
+            return MAAS_SCAN_DECLINED;
+        }
+    }
+    return take_fields(line, &f, out, scratch);
+}
+
+maas_scan_result maas_scan_token_prefix(char *buf, size_t n, size_t max_len, size_t *line_len,
+                                        maas_msg *out, maas_scan_buf *scratch)
+{
+    scanner s;
+    fields f;
+
+    memset(&f, 0, sizeof f);
+    s.line = s.p = buf;
+    s.end = buf + n;
+    /* scan_canonical() ends by asking for the end of its input right after
+       "}}}": here that is wherever the '\n' is, found by the scan itself. */
+    if (!canonical_body(&s, &f, scratch) || s.p >= s.end || *s.p != '\n' ||
+        (size_t)(s.p - buf) > max_len)
+        return MAAS_SCAN_DECLINED;
+    *line_len = (size_t)(s.p - buf);
+    return take_fields(buf, &f, out, scratch);
 }

@@ -74,4 +74,18 @@ typedef enum maas_scan_result {
 maas_scan_result maas_scan_token_line(char *line, size_t len, maas_msg *out,
                                       maas_scan_buf *scratch);
 
+/*
+ * The framing and the scan in one pass, for the line at the start of `buf`
+ * (n bytes buffered, the line's '\n' not yet looked for): only a token line
+ * exactly in the service's shape (no whitespace, its key order) directly
+ * followed by '\n', at most max_len bytes long. Such a line holds no other
+ * '\n' (strings refuse raw control bytes), so it ends where memchr would
+ * have found it. MAAS_SCAN_TOKEN: *line_len is the line's length ('\n'
+ * excluded) and *out as maas_scan_token_line() gives it. MAAS_SCAN_DECLINED:
+ * `buf` and *out are untouched; frame the line and call
+ * maas_scan_token_line().
+ */
+maas_scan_result maas_scan_token_prefix(char *buf, size_t n, size_t max_len, size_t *line_len,
+                                        maas_msg *out, maas_scan_buf *scratch);
+
 #endif
