@@ -134,6 +134,21 @@ static void test_blank_lines_are_not_messages(void **state)
     feed(&d, all, strlen(all));
     assert_int_equal(take(&d, 1), 1);
     assert_int_equal(take(&d, 2), 0);
+    no_more(&d);
+    /* blank lines starting with each blank byte */
+    snprintf(all, sizeof all, "%s \r\n", token_line(3));
+    feed(&d, all, strlen(all));
+    assert_int_equal(take(&d, 3), 0);
+    no_more(&d);
+    snprintf(all, sizeof all, "%s\t \n\r\n", token_line(4));
+    feed(&d, all, strlen(all));
+    assert_int_equal(take(&d, 4), 0);
+    no_more(&d);
+    /* a line that starts with blanks but has content is a message */
+    snprintf(all, sizeof all, "%s %s", token_line(5), token_line(6));
+    feed(&d, all, strlen(all));
+    assert_int_equal(take(&d, 5), 1);
+    assert_int_equal(take(&d, 6), 0);
     /* a non-blank line without its '\n' yet is not complete */
     feed(&d, "\n{\"res", 6);
     assert_int_equal(maas_ndjson_has_line(&d), 0);
