@@ -204,8 +204,8 @@ static void test_request_id_cache(void **state)
     (void)state;
 
     assert_int_equal(scan(canon(line, sizeof line, "a", "abcdef"), &m, &b, &k), MAAS_SCAN_TOKEN);
-    free(k);
     assert_string_equal(m.request_id, "abcdef");
+    free(k);
     /* same bytes: taken */
     assert_int_equal(scan(canon(line, sizeof line, "b", "abcdef"), &m, &b, &k), MAAS_SCAN_TOKEN);
     assert_string_equal(m.request_id, "abcdef");
