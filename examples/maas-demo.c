@@ -58,14 +58,15 @@ static const char *last_message(maas_status st)
     return e && e->message[0] ? e->message : maas_strerror(st);
 }
 
-/* Print each token as it arrives; special tokens such as </s> are not text. */
+/* Print each token as it arrives; special tokens such as </s> are not text.
+   Flush when the tokens received so far are all out: once per network read. */
 static int print_token(const maas_token *t, void *payload)
 {
     (void)payload;
-    if (!t->special) {
+    if (!t->special)
         fwrite(t->text, 1, t->text_len, stdout);
+    if (t->last_buffered)
         fflush(stdout);
-    }
     return 0;
 }
 

@@ -280,8 +280,9 @@ static int on_token(const maas_token *t, void *payload)
         fwrite(t->text, 1, t->text_len, stdout);
         g->wrote_text = 1;
     }
-    /* A closed pipe (maas generate ... | head) cancels the stream. */
-    if (fflush(stdout) != 0 || ferror(stdout)) {
+    /* Flush once per network read, not per token (stdout is fully buffered:
+     * cmd_generate). A closed pipe (maas generate ... | head) cancels the stream. */
+    if ((t->last_buffered && fflush(stdout) != 0) || ferror(stdout)) {
         g->write_failed = 1;
         return 1;
     }
@@ -408,6 +409,10 @@ static int cmd_generate(int argc, char **argv)
     maas_request req = MAAS_REQUEST_INIT;
     char *prompt = NULL;
     maas_status st;
+
+    /* Tokens are flushed per network read (on_token): one write per read,
+     * not per token, on a terminal as on a pipe or a file. */
+    setvbuf(stdout, NULL, _IOFBF, 1 << 16);
 
     for (i = 0; i < argc; i++) {
         const char *a = argv[i];

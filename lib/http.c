@@ -461,6 +461,7 @@ void maas_xfer_finish(maas_xfer *x)
 void maas_xfer_mark(maas_xfer *x)
 {
     x->idle_since = maas_now_ms();
+    x->marks++;
 }
 
 void maas_xfer_wakeup(maas_xfer *x)
@@ -522,6 +523,7 @@ maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err)
 {
     int running = 0, left = 0;
     int64_t wait_ms = 0;
+    unsigned long marks = x->marks;
     CURLMcode mc;
     CURLMsg *msg;
     maas_status st;
@@ -542,6 +544,10 @@ maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err)
         return MAAS_OK;
     if (cancelled(x))
         return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+    /* A line end arrived in this perform: the caller has a message to take
+     * now, not after the next packet or the poll's clock. */
+    if (x->marks != marks)
+        return MAAS_OK;
     st = next_wait(x, &wait_ms, err);
     if (st != MAAS_OK)
         return st;

@@ -85,6 +85,7 @@ typedef struct maas_xfer {
     int64_t idle_since;      /* monotonic ms of the last activity mark */
     int connected;           /* the connection is up: the idle clock runs */
     atomic_int *cancel;      /* may be NULL */
+    unsigned long marks;     /* maas_xfer_mark() calls: a step that saw one returns at once */
     char errbuf[CURL_ERROR_SIZE];
 } maas_xfer;
 

@@ -86,7 +86,7 @@ void maas_ndjson_cleanup(maas_ndjson *d)
 void maas_ndjson_reset(maas_ndjson *d)
 {
     release_held(d);
-    d->len = d->start = d->scanned = d->tail_at = 0;
+    d->len = d->start = d->scanned = d->tail_at = d->nl_end = 0;
     d->line_no = 0;
     d->failed = MAAS_OK;
     d->overflow = 0;
@@ -136,6 +136,7 @@ static void shifted(maas_ndjson *d, size_t k)
     d->len -= k;
     d->start = 0;
     d->tail_at = d->tail_at > k ? d->tail_at - k : 0;
+    d->nl_end = d->nl_end > k ? d->nl_end - k : 0;
 }
 
 /* Room for n more bytes after len: compact first, grow only if that is not enough. */
@@ -145,7 +146,7 @@ static maas_status reserve(maas_ndjson *d, size_t n)
     char *nb;
 
     if (pending == 0) {
-        d->len = d->start = d->tail_at = 0;
+        d->len = d->start = d->tail_at = d->nl_end = 0;
         d->scanned = 0;
     }
     if (d->cap - d->len >= n)
@@ -184,6 +185,15 @@ static const char *last_newline(const char *s, size_t n)
             return s + n;
     }
     return NULL;
+}
+
+/* After an append of [from, len): note its last '\n', searched from the end
+   (for a stream of lines, a short way: once per feed, not per line). */
+static void note_newline(maas_ndjson *d, size_t from)
+{
+    const char *nl = last_newline(d->buf + from, d->len - from);
+    if (nl != NULL)
+        d->nl_end = (size_t)(nl - d->buf) + 1;
 }
 
 /*
@@ -261,6 +271,7 @@ maas_status maas_ndjson_feed(maas_ndjson *d, const char *data, size_t len)
                         d->line_no);
         used = maas_trim_feed(&d->trim, data, len, d->buf + d->len, &kept);
         d->len += kept;
+        note_newline(d, d->len - kept);
         data += used;
         len -= used;
         st = check_tail(d);
@@ -275,6 +286,7 @@ maas_status maas_ndjson_feed(maas_ndjson *d, const char *data, size_t len)
                     d->line_no);
     memcpy(d->buf + d->len, data, len);
     d->len += len;
+    note_newline(d, d->len - len);
     st = check_tail(d);
     if (st == MAAS_OK && !d->overflow && d->len - d->start > MAAS_TRIM_AFTER)
         engage_trim(d);
@@ -348,9 +360,19 @@ static maas_status take_line(maas_ndjson *d, char *line, size_t len, maas_msg *o
 /* Framing                                                             */
 /* ------------------------------------------------------------------ */
 
+static maas_status next_line(maas_ndjson *d, maas_msg *out);
+
 maas_status maas_ndjson_next(maas_ndjson *d, maas_msg *out)
 {
-    maas_msg_init(out);
+    /* A decoded line fills every field of *out itself: empty it only otherwise. */
+    maas_status st = next_line(d, out);
+    if (st != MAAS_OK)
+        maas_msg_init(out);
+    return st;
+}
+
+static maas_status next_line(maas_ndjson *d, maas_msg *out)
+{
     if (d->failed != MAAS_OK)
         return d->failed;
     release_held(d);
@@ -361,6 +383,17 @@ maas_status maas_ndjson_next(maas_ndjson *d, maas_msg *out)
         const char *nl = NULL;
         maas_status st;
 
+        if (pending > d->scanned && d->nl_end > d->start) {
+            /* The common token line is framed by the scan that decodes it. */
+            size_t len;
+            if (maas_scan_token_prefix(d->buf + d->start, pending, d->max_line, &len, out,
+                                       &d->scan) == MAAS_SCAN_TOKEN) {
+                d->start += len + 1;
+                d->scanned = 0;
+                d->line_no++;
+                return MAAS_OK;
+            }
+        }
         if (pending > d->scanned) {
             line = d->buf + d->start;
             nl = memchr(line + d->scanned, '\n', pending - d->scanned);
@@ -377,6 +410,32 @@ maas_status maas_ndjson_next(maas_ndjson *d, maas_msg *out)
         st = take_line(d, line, (size_t)(nl - line), out);
         if (st != MAAS_DONE)
             return st;
+    }
+}
+
+int maas_ndjson_has_line(maas_ndjson *d)
+{
+    char *first = d->buf + d->start, *line = first, *end = d->buf + d->len;
+    const char *from = first + d->scanned, *nl;
+
+    if (d->failed != MAAS_OK || d->start + d->scanned >= d->len || d->nl_end <= d->start)
+        return 0; /* no '\n' at or after start */
+    if (*first != ' ' && *first != '\t' && *first != '\r' && *first != '\n')
+        return 1; /* a line with content, and its '\n' is somewhere ahead */
+    for (;;) {
+        nl = memchr(from, '\n', (size_t)(end - from));
+        if (nl == NULL) {
+            if (line == first)
+                d->scanned = d->len - d->start;
+            return 0;
+        }
+        if (line == first) /* [start, nl) holds no '\n': next() finds this one at once */
+            d->scanned = (size_t)(nl - first);
+        /* next() skips blank lines: only a line with content is a message to come */
+        if (!is_blank_line(line, (size_t)(nl - line)))
+            return 1;
+        line = (char *)nl + 1;
+        from = line;
     }
 }
 

@@ -39,6 +39,8 @@ typedef struct maas_ndjson {
     size_t scanned;     /* bytes after start already known to hold no '\n' */
     size_t tail_at;     /* 0, or the index just past a '\n' known to be the last one
                            in [start, len) when feed() last looked (feed's cap check) */
+    size_t nl_end;      /* 0, or the index just past the last '\n' in [0, len): a
+                           complete line is buffered when nl_end > start */
     size_t max_line;
     unsigned long line_no;  /* lines seen, for error messages */
     maas_status failed; /* MAAS_OK until the first failure */
@@ -82,6 +84,14 @@ maas_status maas_ndjson_next(maas_ndjson *d, maas_msg *out);
  * Call after maas_ndjson_next() returned MAAS_DONE.
  */
 maas_status maas_ndjson_finish(maas_ndjson *d, maas_msg *out);
+
+/*
+ * Whether a complete non-blank line is buffered after what next() has
+ * handed out: 0 means the last message came from the end of what has been
+ * fed so far (maas_token.last_buffered). The '\n' it finds is not searched
+ * for again by next(). 0 after a failure.
+ */
+int maas_ndjson_has_line(maas_ndjson *d);
 
 /* Bytes buffered and not yet consumed. */
 size_t maas_ndjson_pending(const maas_ndjson *d);

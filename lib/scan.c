@@ -58,6 +58,7 @@ void maas_scan_buf_free(maas_scan_buf *b)
     free(b->p);
     b->p = NULL;
     b->cap = 0;
+    b->rid_len = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -84,6 +85,51 @@ static const unsigned char plain[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
+
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+/*
+ * Whether all 8 bytes at p are plain[] bytes, a word at a time (SIMD-free:
+ * a 64-bit load through memcpy, any byte order). (x - n*ONES) & ~x & HIGHS
+ * is nonzero exactly when some byte of x is below n (n <= 0x80), so it
+ * finds control bytes (< 0x20), and on x ^ c*ONES the bytes equal to c;
+ * x & HIGHS finds bytes from 0x80. A word with any of them goes to the
+ * byte loop, which then stops exactly where plain[] says.
+ */
+static inline int word_plain(const unsigned char *p)
+{
+    uint64_t x, q, b;
+    memcpy(&x, p, 8);
+    q = x ^ (ONES * '"');
+    b = x ^ (ONES * '\\');
+    return (((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((b - ONES) & ~b) | x) & HIGHS
+               ? 0 : 1;
+}
+
+/*
+ * Eight ASCII digits at p as a number, or -1 when any of the eight bytes is
+ * not a digit. The bytes are assembled little-endian by shifts (compilers
+ * make that one load where it is one), so the arithmetic below, which
+ * combines neighbouring digits in pairs, then fours, then the eight, works
+ * in any byte order.
+ */
+static inline int64_t eight_digits(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    uint64_t x = (uint64_t)u[0] | (uint64_t)u[1] << 8 | (uint64_t)u[2] << 16 |
+                 (uint64_t)u[3] << 24 | (uint64_t)u[4] << 32 | (uint64_t)u[5] << 40 |
+                 (uint64_t)u[6] << 48 | (uint64_t)u[7] << 56;
+    /* every byte in '0'..'9': its high nibble is 3, and adding 6 keeps it 3 */
+    if ((x & UINT64_C(0xF0F0F0F0F0F0F0F0)) != UINT64_C(0x3030303030303030) ||
+        ((x + UINT64_C(0x0606060606060606)) & UINT64_C(0xF0F0F0F0F0F0F0F0)) !=
+            UINT64_C(0x3030303030303030))
+        return -1;
+    x -= UINT64_C(0x3030303030303030);
+    x = (x * 10 + (x >> 8)) & UINT64_C(0x00FF00FF00FF00FF);           /* pairs */
+    x = (x * 100 + (x >> 16)) & UINT64_C(0x0000FFFF0000FFFF);         /* fours */
+    return (int64_t)((x * 10000 + (x >> 32)) & UINT64_C(0xFFFFFFFF)); /* eight */
+}
 
 typedef struct scanner {
     const char *line; /* start of the line (offsets are relative to it) */
@@ -161,6 +207,10 @@ static int scan_string(scanner *s, strval *out)
 
     for (;;) {
         unsigned char c;
+        /* Eight plain bytes at a time (see word_plain), then byte by byte
+           from the first word that holds anything else. */
+        while (e - p >= 8 && word_plain(p))
+            p += 8;
         while (p < e && plain[*p])
             p++;
         if (SCAN_UNLIKELY(p >= e))
@@ -397,9 +447,17 @@ static int scan_id(scanner *s, uint32_t *out)
     if (*p == '0') {
         p++;
     } else {
-        first = p;
-        while (p < e && is_digit(*p) && p - first < 11)
-            v = v * 10 + (uint64_t)(*p++ - '0');
+        const char *lim = e - p > 11 ? p + 11 : e;
+        unsigned d;
+        int64_t d8;
+        if (lim - p >= 8 && (d8 = eight_digits(p)) >= 0) {
+            v = (uint64_t)d8;
+            p += 8;
+        }
+        while (p < lim && (d = (unsigned)(unsigned char)*p - '0') < 10) {
+            v = v * 10 + d;
+            p++;
+        }
     }
     /* a real (message.c refuses it), a leading zero (a syntax error), a
        negative or too large integer: all declined */
@@ -462,6 +520,31 @@ static int scan_number(scanner *s, double *out)
         }                                                              \
     } while (0)
 
+/* The digits that surely fit (digits stays <= 19) without TAKE_DIGIT's
+   test per digit: the same w and digits. TAKE_DIGIT goes on from there. */
+#define TAKE_RUN()                                                                   \
+    do {                                                                             \
+        const char *lim_ = e - p > 19 - digits ? p + (19 - digits) : e;              \
+        unsigned d_;                                                                 \
+        int64_t d8_;                                                                 \
+        while (lim_ - p >= 8 && (d8_ = eight_digits(p)) >= 0) {                      \
+            if (w != 0) {                                                            \
+                digits += 8;                                                         \
+            } else {                                                                 \
+                for (d_ = 0; d_ < 8 && p[d_] == '0'; d_++)                          \
+                    ;                                                                \
+                digits += 8 - (int)d_; /* from the first digit that is not 0 */     \
+            }                                                                        \
+            w = w * 100000000u + (uint64_t)d8_;                                      \
+            p += 8;                                                                  \
+        }                                                                            \
+        while (p < lim_ && (d_ = (unsigned)(unsigned char)*p - '0') < 10) {          \
+            w = w * 10 + d_;                                                         \
+            digits += w != 0;                                                        \
+            p++;                                                                     \
+        }                                                                            \
+    } while (0)
+
     if (p < e && *p == '-') {
         neg = 1;
         p++;
@@ -473,6 +556,7 @@ static int scan_number(scanner *s, double *out)
         if (p < e && is_digit(*p))
             return 0; /* leading zero */
     } else {
+        TAKE_RUN();
         while (p < e && is_digit(*p)) {
             TAKE_DIGIT(*p);
             p++;
@@ -483,6 +567,11 @@ static int scan_number(scanner *s, double *out)
         p++;
         if (p >= e || !is_digit(*p))
             return 0;
+        {
+            const char *b = p;
+            TAKE_RUN();
+            exp10 -= (long)(p - b);
+        }
         while (p < e && is_digit(*p)) {
             TAKE_DIGIT(*p);
             exp10--;
@@ -506,6 +595,7 @@ static int scan_number(scanner *s, double *out)
         exp10 += xneg ? -x : x;
     }
 #undef TAKE_DIGIT
+#undef TAKE_RUN
     s->p = p;
 
     if (!real) {
@@ -659,6 +749,72 @@ static int scan_response(scanner *s, fields *f, int level)
     return (seen & K_TOKEN) != 0;
 }
 
+/* Take the literal bytes lit[0..n) at s->p, with no whitespace around. */
+#define TAKE_LIT(s, lit)                                                                  \
+    ((size_t)((s)->end - (s)->p) >= sizeof(lit) - 1 &&                                   \
+     memcmp((s)->p, (lit), sizeof(lit) - 1) == 0 && ((s)->p += sizeof(lit) - 1, 1))
+
+/*
+ * The line exactly as the service writes it: no whitespace, keys in its
+ * order, "logprob" optional,
+ *   {"result":{"response":{"token":{"id":N,"text":"..","logprob":X,"special":B},
+ *    "top_tokens":[],"requestID":".."}}}
+ * Each piece of structure is one fixed-size comparison instead of a key
+ * lexed and classified; values go through the same functions as in
+ * scan_line(), so what this accepts it reads exactly as scan_line() would.
+ * Any difference, however harmless, returns 0 and scan_line() starts over.
+ */
+static int canonical_body(scanner *s, fields *f, maas_scan_buf *cache)
+{
+    size_t n;
+
+    if (!TAKE_LIT(s, "{\"result\":{\"response\":{\"token\":{\"id\":") || !scan_id(s, &f->id) ||
+        !TAKE_LIT(s, ",\"text\":\"") )
+        return 0;
+    s->p--; /* scan_string starts at the opening quote */
+    if (!scan_string(s, &f->text))
+        return 0;
+    if (TAKE_LIT(s, ",\"logprob\":")) {
+        if (!scan_logprob(s, &f->logprob))
+            return 0;
+        f->has_logprob = 1;
+    }
+    if (!TAKE_LIT(s, ",\"special\":"))
+        return 0;
+    if (TAKE_LIT(s, "false"))
+        f->special = 0;
+    else if (TAKE_LIT(s, "true"))
+        f->special = 1;
+    else
+        return 0;
+    if (!TAKE_LIT(s, "},\"top_tokens\":[],\"requestID\":\""))
+        return 0;
+    n = cache->rid_len;
+    if (n != 0 && (size_t)(s->end - s->p) > n && s->p[n] == '"' &&
+        memcmp(s->p, cache->rid, n) == 0) {
+        /* The bytes of the last request id validated, up to its closing quote. */
+        f->rid.off = (size_t)(s->p - s->line);
+        f->rid.len = n;
+        f->rid.escaped = 0;
+        s->p += n + 1;
+    } else {
+        s->p--;
+        if (!scan_string(s, &f->rid))
+            return 0;
+        if (!f->rid.escaped && f->rid.len != 0 && f->rid.len <= sizeof cache->rid) {
+            memcpy(cache->rid, s->line + f->rid.off, f->rid.len);
+            cache->rid_len = f->rid.len;
+        }
+    }
+    f->has_rid = 1;
+    return TAKE_LIT(s, "}}}");
+}
+
+static int scan_canonical(scanner *s, fields *f, maas_scan_buf *cache)
+{
+    return canonical_body(s, f, cache) && s->p == s->end;
+}
+
 static int scan_line(scanner *s, fields *f)
 {
     skip_ws(s);
@@ -708,18 +864,12 @@ static const char *deliver(char *line, const strval *v, maas_scan_buf *scratch, 
     return dst;
 }
 
-maas_scan_result maas_scan_token_line(char *line, size_t len, maas_msg *out,
-                                      maas_scan_buf *scratch)
+/* Fill *out from the fields of a scanned line (the strings delivered now). */
+static maas_scan_result take_fields(char *line, const fields *fp, maas_msg *out,
+                                    maas_scan_buf *scratch)
 {
-    scanner s;
-    fields f;
+    const fields f = *fp;
     size_t need = 0, used = 0, n;
-
-    memset(&f, 0, sizeof f);
-    s.line = s.p = line;
-    s.end = line + len;
-    if (!scan_line(&s, &f))
-        goto declined;
 
     /* Room for the unescaped strings before any is written: one growth at most. */
     if (f.text.escaped)
@@ -744,4 +894,42 @@ maas_scan_result maas_scan_token_line(char *line, size_t len, maas_msg *out,
 declined:
     maas_msg_init(out);
     return MAAS_SCAN_DECLINED;
+}
+
+maas_scan_result maas_scan_token_line(char *line, size_t len, maas_msg *out,
+                                      maas_scan_buf *scratch)
+{
+    scanner s;
+    fields f;
+
+    memset(&f, 0, sizeof f);
+    s.line = s.p = line;
+    s.end = line + len;
+    if (!scan_canonical(&s, &f, scratch)) {
+        memset(&f, 0, sizeof f);
+        s.p = line;
+        if (!scan_line(&s, &f)) {
+            maas_msg_init(out);
+            return MAAS_SCAN_DECLINED;
+        }
+    }
+    return take_fields(line, &f, out, scratch);
+}
+
+maas_scan_result maas_scan_token_prefix(char *buf, size_t n, size_t max_len, size_t *line_len,
+                                        maas_msg *out, maas_scan_buf *scratch)
+{
+    scanner s;
+    fields f;
+
+    memset(&f, 0, sizeof f);
+    s.line = s.p = buf;
+    s.end = buf + n;
+    /* scan_canonical() ends by asking for the end of its input right after
+       "}}}": here that is wherever the '\n' is, found by the scan itself. */
+    if (!canonical_body(&s, &f, scratch) || s.p >= s.end || *s.p != '\n' ||
+        (size_t)(s.p - buf) > max_len)
+        return MAAS_SCAN_DECLINED;
+    *line_len = (size_t)(s.p - buf);
+    return take_fields(buf, &f, out, scratch);
 }

@@ -36,6 +36,8 @@
 #include <stddef.h>
 #include "message.h"
 
+#define MAAS_SCAN_RID_CACHE 64
+
 /* Scratch space for unescaped strings, owned by the caller and reused from
    line to line. Zero-initialise; free with maas_scan_buf_free(). It grows
    only for a line with escaped strings longer than any before (by doubling,
@@ -43,6 +45,11 @@
 typedef struct maas_scan_buf {
     char *p;
     size_t cap;
+    /* The last request id the scanner validated (unescaped, at most
+       MAAS_SCAN_RID_CACHE bytes): the service repeats one on every line,
+       and the same bytes need no second look. rid_len 0: none. */
+    size_t rid_len;
+    char rid[MAAS_SCAN_RID_CACHE];
 } maas_scan_buf;
 
 void maas_scan_buf_free(maas_scan_buf *b);
@@ -66,5 +73,19 @@ typedef enum maas_scan_result {
  */
 maas_scan_result maas_scan_token_line(char *line, size_t len, maas_msg *out,
                                       maas_scan_buf *scratch);
+
+/*
+ * The framing and the scan in one pass, for the line at the start of `buf`
+ * (n bytes buffered, the line's '\n' not yet looked for): only a token line
+ * exactly in the service's shape (no whitespace, its key order) directly
+ * followed by '\n', at most max_len bytes long. Such a line holds no other
+ * '\n' (strings refuse raw control bytes), so it ends where memchr would
+ * have found it. MAAS_SCAN_TOKEN: *line_len is the line's length ('\n'
+ * excluded) and *out as maas_scan_token_line() gives it. MAAS_SCAN_DECLINED:
+ * `buf` and *out are untouched; frame the line and call
+ * maas_scan_token_line().
+ */
+maas_scan_result maas_scan_token_prefix(char *buf, size_t n, size_t max_len, size_t *line_len,
+                                        maas_msg *out, maas_scan_buf *scratch);
 
 #endif

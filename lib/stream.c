@@ -502,6 +502,7 @@ static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **
             s->t_first = mono_s();
         s->token = m->token;
         s->token.index = s->tokens++;
+        s->token.last_buffered = !maas_ndjson_has_line(&s->dec);
         *out = &s->token;
         return MAAS_OK;
     case MAAS_MSG_FINAL:
@@ -519,6 +520,7 @@ static maas_status take_message(maas_stream *s, maas_msg *m, const maas_token **
             s->token = m->token;
             s->token.text = s->final_text;
             s->token.index = s->tokens++;
+            s->token.last_buffered = 1; /* no token can follow it */
             *out = &s->token;
             s->state = S_FINAL_PENDING;
             return MAAS_OK;

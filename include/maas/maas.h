@@ -331,6 +331,14 @@ typedef struct maas_token {
     int has_logprob;
     int special;            /**< nonzero for special tokens such as "</s>" */
     size_t index;           /**< 0 for the first token of the stream */
+    int last_buffered;      /**< nonzero when no further complete line had arrived
+                                 when this token was handed out: the last token of
+                                 what the network has delivered so far, the moment
+                                 to flush buffered output (once per read instead of
+                                 once per token). Also set on the final message's
+                                 token. A token followed in the same read by the
+                                 final message has it 0: flush at the stream's end
+                                 too. */
 } maas_token;
 
 /** The final message's details. Valid until the stream is freed / during the callback. */

@@ -12,12 +12,13 @@
  * every run.
  *
  *  - decoder: maas_ndjson fed 4 KiB pieces, drained after each feed, every
- *    token's id, text, logprob, special and request id read;
+ *    token's id, text, logprob, special and request id read, and after each
+ *    token the look-ahead behind maas_token.last_buffered, as a stream does;
  *  - baseline: the same bytes split into lines, json_loadb() on each with
  *    the decoder's flags, the same fields read with jansson's getters.
  *
- * Time is CPU time of the process (CLOCK_PROCESS_CPUTIME_ID), best of 3
- * runs each. Both read the same values: their checksums must agree, else
+ * Time is CPU time of the process (CLOCK_PROCESS_CPUTIME_ID), the median
+ * of 5 runs each. Both read the same values: their checksums must agree, else
  * the program exits 1. Not a test: the figures depend on the machine.
  *
  * SPDX-License-Identifier: MIT
@@ -37,7 +38,7 @@
 #include "ndjson.h"
 
 #define PIECE 4096
-#define RUNS 3
+#define RUNS 5
 
 /* ------------------------------------------------------------------ */
 /* The recorded stream                                                 */
@@ -146,6 +147,7 @@ static void build(stream *s, size_t tokens)
 typedef struct sums {
     uint64_t tokens, ids, text_bytes, text_hash, specials, rid_bytes, finals;
     double logprob;
+    uint64_t read_ends; /* decoder only: tokens with maas_token.last_buffered's look-ahead */
 } sums;
 
 static void add_token(sums *c, uint32_t id, const char *text, size_t len, int has_lp, double lp,
@@ -176,9 +178,12 @@ static int run_decoder(const stream *s, sums *c)
         if (maas_ndjson_feed(&d, s->p + pos, n) != MAAS_OK)
             break;
         while ((st = maas_ndjson_next(&d, &m)) == MAAS_OK) {
-            if (m.has_token)
+            if (m.has_token) {
                 add_token(c, m.token.id, m.token.text, m.token.text_len, m.token.has_logprob,
                           m.token.logprob, m.token.special, m.request_id);
+                /* as the streams do for maas_token.last_buffered */
+                c->read_ends += !maas_ndjson_has_line(&d);
+            }
             if (m.type == MAAS_MSG_FINAL)
                 c->finals++;
         }
@@ -247,19 +252,26 @@ static double cpu_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static double best_of(int (*fn)(const stream *, sums *), const stream *s, sums *c)
+static int by_value(const void *a, const void *b)
 {
-    double best = 0;
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The median of RUNS runs: a shared machine slows some runs down, and the
+   median is what a run usually costs. */
+static double median_of(int (*fn)(const stream *, sums *), const stream *s, sums *c)
+{
+    double t[RUNS];
     int i;
     for (i = 0; i < RUNS; i++) {
-        double t0 = cpu_now(), t;
+        double t0 = cpu_now();
         if (fn(s, c) != 0)
             exit(1);
-        t = cpu_now() - t0;
-        if (i == 0 || t < best)
-            best = t;
+        t[i] = cpu_now() - t0;
     }
-    return best;
+    qsort(t, RUNS, sizeof t[0], by_value);
+    return t[RUNS / 2];
 }
 
 static void report(const char *what, const char *who, const stream *s, size_t tokens, double t)
@@ -286,11 +298,11 @@ int main(int argc, char **argv)
     }
     build(&s, tokens);
     printf("stream   %zu token lines + 1 final line, %.1f bytes per line, fed in %d-byte pieces;\n"
-           "         CPU time (CLOCK_PROCESS_CPUTIME_ID), best of %d runs\n",
+           "         CPU time (CLOCK_PROCESS_CPUTIME_ID), median of %d runs\n",
            tokens, (double)s.len / (double)(tokens + 1), PIECE, RUNS);
 
-    td = best_of(run_decoder, &s, &a);
-    tb = best_of(run_baseline, &s, &b);
+    td = median_of(run_decoder, &s, &a);
+    tb = median_of(run_baseline, &s, &b);
     if (memcmp(&a, &b, offsetof(sums, logprob)) != 0 || a.logprob != b.logprob ||
         a.tokens != tokens + 1 || a.finals != 1) {
         fprintf(stderr, "bench-decoder: the decoders disagree\n");
@@ -298,7 +310,7 @@ int main(int argc, char **argv)
     }
     report("decoder", "libmaas", &s, tokens + 1, td);
     report("baseline", "jansson", &s, tokens + 1, tb);
-    printf("ratio    %.1fx (target >= 8x, >= 500 MB/s)\n", tb / td);
+    printf("ratio    %.1fx (target >= 8x; libmaas >= 2000 MB/s)\n", tb / td);
     free(s.p);
     return 0;
 }

@@ -91,7 +91,7 @@ static int is_blank(const char *s, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *line = (const char *)data;
-    maas_scan_buf scratch = {NULL, 0};
+    maas_scan_buf scratch = {0};
     maas_msg sm, rm, dm;
     maas_scan_result sr;
     maas_status rst;
@@ -104,6 +104,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     copy = malloc(size ? size : 1); /* exact size: over-reads are caught */
     check(copy != NULL);
+
+    /* A request id remembered from an earlier line, as in a real stream:
+       inputs with the same id take the remembered path. */
+    {
+        char seed[] = "{\"result\":{\"response\":{\"token\":{\"id\":1,\"text\":\"s\","
+                      "\"special\":false},\"top_tokens\":[],"
+                      "\"requestID\":\"8764a8c3-deb2-4f1d-a60a-a47043b0e9f5\"}}}";
+        check(maas_scan_token_line(seed, sizeof seed - 1, &sm, &scratch) == MAAS_SCAN_TOKEN);
+    }
 
     /* Twice: the second time with the scratch buffer already grown. */
     for (pass = 0; pass < 2; pass++) {

@@ -168,7 +168,7 @@ static void assert_decoder_matches_ref(const char *line, size_t len)
 /* The scanner accepts the line and agrees with the reference; so does the decoder. */
 static void accept_len(const char *line, size_t len, maas_msg *out_copy)
 {
-    maas_scan_buf b = {NULL, 0};
+    maas_scan_buf b = {0};
     maas_msg m;
     char *copy;
     ref r;
@@ -197,7 +197,7 @@ static void accept_line(const char *line)
    gives jansson's message or error. */
 static void decline_len(const char *line, size_t len)
 {
-    maas_scan_buf b = {NULL, 0};
+    maas_scan_buf b = {0};
     maas_msg m;
     char *copy;
 
@@ -221,7 +221,7 @@ static void decline_line(const char *line)
 static void accept_expect(const char *line, uint32_t id, const char *text, size_t text_len,
                           const char *rid)
 {
-    maas_scan_buf b = {NULL, 0};
+    maas_scan_buf b = {0};
     maas_msg m;
     char *copy;
 
@@ -785,7 +785,7 @@ static void test_mutations(void **state)
     for (i = 0; i < n; i++)
         decline_len(base, i);
     for (i = 0; i < n; i++) {
-        maas_scan_buf b = {NULL, 0};
+        maas_scan_buf b = {0};
         maas_msg m;
         char *copy;
         ref r;
@@ -824,7 +824,7 @@ static void test_strings_in_place(void **state)
 {
     char line[] = TOK("{\"id\":5,\"text\":\"plain\",\"logprob\":-1}");
     char esc[] = TOK("{\"id\":5,\"text\":\"a\\nb\",\"logprob\":-1}");
-    maas_scan_buf b = {NULL, 0};
+    maas_scan_buf b = {0};
     maas_msg m;
     (void)state;
 
