@@ -37,6 +37,7 @@ const char *maas_strerror(maas_status status)
     case MAAS_ERR_LINE_TOO_LONG: return "line too long";
     case MAAS_ERR_CANCELLED: return "cancelled";
     case MAAS_ERR_INTERNAL: return "internal error";
+    case MAAS_ERR_TEXT_TOO_LONG: return "generated text too long";
     }
     return "unknown status";
 }
@@ -72,6 +73,7 @@ const char *maas_status_name(maas_status status)
     NAME(MAAS_ERR_LINE_TOO_LONG)
     NAME(MAAS_ERR_CANCELLED)
     NAME(MAAS_ERR_INTERNAL)
+    NAME(MAAS_ERR_TEXT_TOO_LONG)
 #undef NAME
     }
     return "MAAS_ERR_UNKNOWN";

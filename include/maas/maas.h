@@ -84,7 +84,8 @@ typedef enum maas_status {
     MAAS_ERR_PROTOCOL = 23,        /**< a response could not be decoded (malformed JSON or shape) */
     MAAS_ERR_LINE_TOO_LONG = 24,   /**< a streamed line exceeded the configured maximum */
     MAAS_ERR_CANCELLED = 25,       /**< the caller cancelled the stream */
-    MAAS_ERR_INTERNAL = 26         /**< a bug in libmaas or a dependency; please report */
+    MAAS_ERR_INTERNAL = 26,        /**< a bug in libmaas or a dependency; please report */
+    MAAS_ERR_TEXT_TOO_LONG = 27    /**< maas_generate_text(): the text passed max_text_bytes */
 } maas_status;
 
 /** A static English description of `status`; never NULL. */
@@ -138,7 +139,7 @@ typedef void (*maas_log_cb)(maas_log_level level, const char *message, void *pay
 
 typedef struct maas_client maas_client;
 
-#define MAAS_CLIENT_OPTIONS_VERSION 1
+#define MAAS_CLIENT_OPTIONS_VERSION 2
 
 /** Default API base URL. */
 #define MAAS_DEFAULT_API_BASE_URL "https://us-region-2-sdk-api.cloud.intel.com/v1/maas"
@@ -150,6 +151,12 @@ typedef struct maas_client maas_client;
 #define MAAS_DEFAULT_MAX_RETRIES 2
 /** Set max_retries to this value to disable retries. */
 #define MAAS_RETRIES_OFF (-1)
+/** Whole-call limit of one token request, retries included (docs/reliability.md). */
+#define MAAS_DEFAULT_TOKEN_TIMEOUT_MS 30000L
+/** Whole-call limit of one GET /models, retries included (docs/reliability.md). */
+#define MAAS_DEFAULT_MODELS_TIMEOUT_MS 30000L
+/** Most text maas_generate_text() collects before it fails with MAAS_ERR_TEXT_TOO_LONG. */
+#define MAAS_DEFAULT_MAX_TEXT_BYTES (16u * 1024u * 1024u)
 
 /**
  * Client configuration. Initialise with MAAS_CLIENT_OPTIONS_INIT or
@@ -182,6 +189,15 @@ typedef struct maas_client_options {
     const char *user_agent_suffix; /**< appended to the User-Agent; at most 64 bytes, no
                                         control characters */
     int insecure_skip_tls_verify;  /**< nonzero disables TLS verification. Insecure: tests only */
+    /* Version 2. */
+    long token_timeout_ms;       /**< whole token request, retries included; 0:
+                                      MAAS_DEFAULT_TOKEN_TIMEOUT_MS; <0: none. Never longer
+                                      than deadline_ms */
+    long models_timeout_ms;      /**< whole GET /models, retries included; 0:
+                                      MAAS_DEFAULT_MODELS_TIMEOUT_MS; <0: none. Never longer
+                                      than deadline_ms */
+    size_t max_text_bytes;       /**< most text maas_generate_text() collects; 0:
+                                      MAAS_DEFAULT_MAX_TEXT_BYTES */
 } maas_client_options;
 
 /**
@@ -190,7 +206,8 @@ typedef struct maas_client_options {
  */
 #define MAAS_CLIENT_OPTIONS_INIT                                               \
     { MAAS_CLIENT_OPTIONS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL,  \
-      0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0 }
+      0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0,   \
+      0L, 0L, 0u }
 
 /**
  * Zero `opts` and set its version. Returns MAAS_ERR_OPTIONS_VERSION for a

@@ -247,7 +247,7 @@ static enum produced produce(struct request *rq, size_t target)
                 rq->end = "truncated";
                 continue;
             }
-            if (f->stall_after == (long)n) {
+            if (f->stall_after == (long)n || (f->silent_after_headers && n == 0)) {
                 if (rq->out.len)
                     return P_DATA;
                 if (rq->stalled) /* only a hang-up or shutdown ends a stall */

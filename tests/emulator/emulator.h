@@ -116,6 +116,7 @@ struct faults {
     bool invalid_utf8;
     bool nul_byte;
     bool no_answer;       /* every path: the request is read, never answered */
+    bool silent_after_headers; /* streams: 200, headers, then nothing (error answers unaffected) */
     long long_line;       /* bytes of token 1's text; -1 off */
     long deep_nesting;    /* array levels of an unknown field on token 1's line; -1 off */
     unsigned wrong_type;  /* WT_* bits; 0 off */

@@ -35,6 +35,7 @@ void faults_merge(struct faults *dst, const struct faults *src)
     dst->invalid_utf8 |= src->invalid_utf8;
     dst->nul_byte |= src->nul_byte;
     dst->no_answer |= src->no_answer;
+    dst->silent_after_headers |= src->silent_after_headers;
     dst->wrong_type |= src->wrong_type;
 #define TAKE(field)                                                                         \
     do {                                                                                    \
@@ -150,6 +151,7 @@ static const struct fdef defs[] = {
     {"invalid-utf8", F_FLAG, OFF(invalid_utf8)},
     {"nul-byte", F_FLAG, OFF(nul_byte)},
     {"no-answer", F_FLAG, OFF(no_answer)},
+    {"silent-after-headers", F_FLAG, OFF(silent_after_headers)},
     {"wrong-type", F_WRONG_TYPE, OFF(wrong_type)},
     {"bad-value", F_BAD_VALUE, 0},
 };
