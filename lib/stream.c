@@ -314,11 +314,15 @@ static maas_status start_attempt(maas_stream *s)
         if (left <= 0)
             return maas_error_set(&s->err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired",
                                   s->c->deadline_ms);
-        /* gRPC allows at most 8 digits: past 27 hours, whole seconds. */
+        /* gRPC allows at most 8 digits: past 27 hours, whole seconds, then
+         * hours (a deadline of years is as good as none). */
         if (left <= 99999999)
             snprintf(value, sizeof value, "Grpc-Timeout: %lldm", (long long)left);
+        else if (left / 1000 < 99999999)
+            snprintf(value, sizeof value, "Grpc-Timeout: %lldS", (long long)(left / 1000 + 1));
         else
-            snprintf(value, sizeof value, "Grpc-Timeout: %lldS", (long long)(left + 999) / 1000);
+            snprintf(value, sizeof value, "Grpc-Timeout: %lldH",
+                     left / 3600000 < 99999999 ? (long long)(left / 3600000 + 1) : 99999999LL);
         t = curl_slist_append(NULL, value);
         if (!t)
             return maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory");

@@ -175,7 +175,8 @@ typedef struct maas_client_options {
     const char *ca_bundle;       /**< PEM file of CAs to trust; NULL: the system store */
     long connect_timeout_ms;     /**< 0: MAAS_DEFAULT_CONNECT_TIMEOUT_MS */
     long idle_timeout_ms;        /**< longest gap between messages; 0: default; <0: none */
-    long deadline_ms;            /**< whole-request limit; 0 or <0: none */
+    long deadline_ms;            /**< whole-request limit; 0 or <0: none. A generation sends
+                                      what is left of it as Grpc-Timeout */
     int max_retries;             /**< 0: MAAS_DEFAULT_MAX_RETRIES; MAAS_RETRIES_OFF: none */
     long retry_base_ms;          /**< first backoff; 0: 500 */
     long retry_max_ms;           /**< backoff cap; 0: 8000 */
@@ -370,7 +371,10 @@ MAAS_EXPORT maas_status maas_generate(maas_client *client, const maas_request *r
 /**
  * Convenience: stream a generation and collect the text of its non-special
  * tokens. `*out` is NUL-terminated and released with maas_free(); `out_len`
- * may be NULL. On failure `*out` is NULL.
+ * may be NULL. On failure `*out` is NULL. At most the client's
+ * max_text_bytes are collected (MAAS_ERR_TEXT_TOO_LONG past them), and a
+ * stream of more than max_new_tokens tokens and a final one fails with
+ * MAAS_ERR_PROTOCOL.
  */
 MAAS_EXPORT maas_status maas_generate_text(char **out, size_t *out_len, maas_client *client,
                                            const maas_request *request);

@@ -74,8 +74,8 @@ const char *rawserver_mode_name(raw_mode mode)
     case RAW_GARBAGE: return "garbage";
     case RAW_HTTP09: return "http09";
     case RAW_INTERIM_1XX: return "interim-1xx";
-    case RAW_BLANK_KEEPALIVE: return "blank-keepalive";
     case RAW_SLOW_READ: return "slow-read";
+    case RAW_NO_READ: return "no-read";
     }
     return "?";
 }
@@ -99,8 +99,6 @@ static void add(struct conn *c, const void *p, size_t n)
 static void answer_begins(rawserver *s, struct conn *c)
 {
     static const char status[] = "HTTP/1.1 200 OK\r\n";
-    static const char chunked[] =
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     static const char body09[] =
         "{\"models\": [], \"note\": \"an HTTP/0.9 answer: no status line, no headers\"}\n";
     uint32_t x = 0x9e3779b9u;
@@ -129,13 +127,12 @@ static void answer_begins(rawserver *s, struct conn *c)
         add(c, body09, sizeof body09 - 1);
         break;
     case RAW_INTERIM_1XX:
-    case RAW_BLANK_KEEPALIVE:
-        if (s->mode == RAW_BLANK_KEEPALIVE)
-            add(c, chunked, sizeof chunked - 1);
         c->next_drip = mono_ms(); /* the first keep-alive at once */
         break;
     case RAW_SLOW_READ:
         c->next_drip = mono_ms() + RAW_DRIP_MS;
+        break;
+    case RAW_NO_READ:
         break;
     }
 }
@@ -188,10 +185,6 @@ static void refill(rawserver *s, struct conn *c, int64_t now)
     } else if (s->mode == RAW_INTERIM_1XX && now >= c->next_drip) {
         static const char interim[] = "HTTP/1.1 102 Processing\r\n\r\n";
         add(c, interim, sizeof interim - 1);
-        c->next_drip = now + RAW_KEEPALIVE_MS;
-    } else if (s->mode == RAW_BLANK_KEEPALIVE && now >= c->next_drip) {
-        static const char blank[] = "1\r\n\n\r\n";
-        add(c, blank, sizeof blank - 1);
         c->next_drip = now + RAW_KEEPALIVE_MS;
     }
 }
@@ -328,8 +321,7 @@ static void *serve(void *arg)
         for (i = 0; i < s->nconns; i++) {
             struct conn *c = &s->conns[i];
             refill(s, c, now);
-            if ((s->mode == RAW_SLOW_HEADER || s->mode == RAW_INTERIM_1XX ||
-                 s->mode == RAW_BLANK_KEEPALIVE) && c->head_seen && c->out_off >= c->out_len &&
+            if ((s->mode == RAW_SLOW_HEADER || s->mode == RAW_INTERIM_1XX) && c->head_seen && c->out_off >= c->out_len &&
                 (wake < 0 || c->next_drip < wake))
                 wake = c->next_drip;
             if (s->mode == RAW_SLOW_READ && c->head_seen && c->body_left > 0 &&
@@ -343,6 +335,8 @@ static void *serve(void *arg)
             short ev = POLLIN;
             /* slow-read: the body waits in the socket until its next read is due. */
             if (s->mode == RAW_SLOW_READ && c->head_seen && c->body_left > 0 && now < c->next_drip)
+                ev = 0;
+            if (s->mode == RAW_NO_READ)
                 ev = 0;
             if (c->out_off < c->out_len ||
                 ((s->mode == RAW_GARBAGE || s->mode == RAW_HTTP09) && c->head_seen && !c->finished))
@@ -393,7 +387,7 @@ rawserver *rawserver_start(raw_mode mode)
     if (s->lfd < 0)
         goto fail;
     setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (mode == RAW_SLOW_READ) {
+    if (mode == RAW_SLOW_READ || mode == RAW_NO_READ) {
         /* A small window: the request waits in the client's socket, as on a slow uplink. */
         int small = 16384;
         setsockopt(s->lfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);

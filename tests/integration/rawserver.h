@@ -20,10 +20,10 @@ typedef enum raw_mode {
     RAW_GARBAGE,        /* 8 KiB of pseudo-random bytes that are not HTTP, then end of stream */
     RAW_HTTP09,         /* a JSON body without status line or headers (HTTP/0.9), then end of stream */
     RAW_INTERIM_1XX,    /* "HTTP/1.1 102 Processing" and a blank line every RAW_KEEPALIVE_MS, for ever */
-    RAW_BLANK_KEEPALIVE,/* a 200 chunked stream whose only content is a bare "\n" every
-                           RAW_KEEPALIVE_MS, for ever */
-    RAW_SLOW_READ       /* reads the request body RAW_SLOW_READ_CHUNK bytes every 50 ms, then
+    RAW_SLOW_READ,      /* reads the request body RAW_SLOW_READ_CHUNK bytes every 50 ms, then
                            answers a complete one-message stream (Content-Length) */
+    RAW_NO_READ         /* accepts, never reads nor writes (a small receive window): an
+                           upload to it stalls; connections close only at rawserver_stop() */
 } raw_mode;
 
 #define RAW_KEEPALIVE_MS 300

@@ -14,6 +14,7 @@
  */
 #include <poll.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -33,13 +34,44 @@ static maas_model_list *CATALOGUE; /* from the emulator, for requests sent to a 
 
 #define MISTRAL "mistralai/Mistral-7B-Instruct-v0.1"
 #define UPPER_MS 20000L            /* "well before": a clock that works ends long before this */
-#define STUCK_MS 60000L            /* a driver gives up here: the clock did not fire */
+#define STUCK_MS 45000L            /* a driver gives up here: the clock did not fire */
+#define WATCHDOG_S 90              /* a blocking call still running then never ends */
 
 static long now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * A call that no clock ends would hang the suite: the watchdog ends the
+ * program instead, saying which call it was.
+ */
+static const char *watched = "";
+
+static void watchdog_fired(int sig)
+{
+    static const char head[] = "\nFAILED: still running after the watchdog's 90 s: ";
+    ssize_t w;
+    (void)sig;
+    w = write(2, head, sizeof head - 1);
+    w = write(2, watched, strlen(watched));
+    w = write(2, "\n", 1);
+    (void)w;
+    _exit(3);
+}
+
+static void watch(const char *what)
+{
+    watched = what;
+    signal(SIGALRM, watchdog_fired);
+    alarm(WATCHDOG_S);
+}
+
+static void unwatch(void)
+{
+    alarm(0);
 }
 
 /* ---- the engines ---------------------------------------------------------------------- */
@@ -173,6 +205,7 @@ static void run(enum engine e, maas_client *c, const maas_request *r, struct out
 {
     long start = now_ms();
     memset(o, 0, sizeof *o);
+    watch(engine_name[e]);
     switch (e) {
     case BLOCKING:
         o->st = maas_generate(c, r, count_token, NULL, o);
@@ -225,6 +258,7 @@ static void run(enum engine e, maas_client *c, const maas_request *r, struct out
     default:
         fail();
     }
+    unwatch();
     o->ms = now_ms() - start;
 }
 
@@ -282,7 +316,7 @@ static maas_request request(const char *prompt)
 static int reset(void **state)
 {
     (void)state;
-    alarm(600); /* a wait no clock bounds ends the program instead of hanging it */
+    unwatch(); /* a failed test may have left its watchdog set */
     return emu_post(&E, "/emulator/reset", NULL) == 200 ? 0 : -1;
 }
 
@@ -345,12 +379,14 @@ static void test_idle_on_retry_and_replay(void **state)
 
 /* ---- item: keep-alives are not messages ----------------------------------------------------- */
 
-static void keepalive_case(raw_mode mode)
+/* Interim answers ("HTTP/1.1 102 Processing") every 300 ms, never a final one. */
+static void test_interim_1xx_keepalives(void **state)
 {
-    rawserver *s = rawserver_start(mode);
+    rawserver *s = rawserver_start(RAW_INTERIM_1XX);
     maas_client *c;
     maas_request r = MAAS_REQUEST_INIT;
     struct outcome o;
+    (void)state;
     assert_non_null(s);
     c = raw_client(s, 1000);
     r.model_info = maas_model_list_find(CATALOGUE, MISTRAL);
@@ -369,16 +405,21 @@ static void keepalive_case(raw_mode mode)
     rawserver_stop(s);
 }
 
+/* A 200 stream of bare newlines, one every 300 ms, never a message. */
 static void test_blank_line_keepalives(void **state)
 {
+    maas_client *c = emu_client(1000, 0, MAAS_RETRIES_OFF);
+    maas_request r = request("blank keep-alives [[fault:keepalive-blank=300]]");
+    struct outcome o;
     (void)state;
-    keepalive_case(RAW_BLANK_KEEPALIVE);
-}
-
-static void test_interim_1xx_keepalives(void **state)
-{
-    (void)state;
-    keepalive_case(RAW_INTERIM_1XX);
+    for (int e = 0; e < ENGINES; e++) {
+        run((enum engine)e, c, &r, &o);
+        expect_clock((enum engine)e, &o, MAAS_ERR_IDLE_TIMEOUT, "no message from the server for 1000 ms",
+                     1000);
+        assert_int_equal(o.tokens, 0);
+    }
+    assert_int_equal(emu_stat(&E, "generate_requests"), ENGINES);
+    maas_client_free(c);
 }
 
 /* Blank lines between real messages still let the stream finish. */
@@ -431,6 +472,33 @@ static void test_slow_upload_is_not_idle(void **state)
     free(prompt);
 }
 
+/* An upload that stops moving is bounded all the same, and said to be the upload. */
+static void test_stalled_upload(void **state)
+{
+    enum { PROMPT = 4 * 1024 * 1024 };
+    rawserver *s = rawserver_start(RAW_NO_READ);
+    maas_client *c;
+    maas_request r = MAAS_REQUEST_INIT;
+    struct outcome o;
+    char *prompt = malloc(PROMPT + 1);
+    (void)state;
+    assert_non_null(s);
+    assert_non_null(prompt);
+    memset(prompt, 'q', PROMPT);
+    prompt[PROMPT] = '\0';
+    c = raw_client(s, 1000);
+    r.model_info = maas_model_list_find(CATALOGUE, MISTRAL);
+    r.prompt = prompt;
+    for (int e = 0; e < ENGINES; e++) {
+        run((enum engine)e, c, &r, &o);
+        expect_clock((enum engine)e, &o, MAAS_ERR_IDLE_TIMEOUT,
+                     "the request body made no progress for 1000 ms", 1000);
+    }
+    maas_client_free(c);
+    rawserver_stop(s);
+    free(prompt);
+}
+
 /* ---- item: bounded bodies have a bound in time ------------------------------------------------ */
 
 static maas_client *call_client(long token_ms, long models_ms, long deadline_ms)
@@ -466,7 +534,9 @@ static void test_models_trickle(void **state)
     assert_int_equal(maas_client_authenticate(c), MAAS_OK);
     assert_int_equal(emu_fault(&E, "/v1/maas/models", "drip=1000", 10), 200);
     start = now_ms();
+    watch("maas_models_list, models_timeout_ms 2000");
     st = maas_models_list(&list, c);
+    unwatch();
     expect_call(st, now_ms() - start, "the 2000 ms deadline of GET /models expired", 2000);
     assert_null(list);
     maas_client_free(c);
@@ -475,7 +545,9 @@ static void test_models_trickle(void **state)
     c = call_client(0, 0, 1500);
     assert_int_equal(maas_client_authenticate(c), MAAS_OK);
     start = now_ms();
+    watch("maas_models_list, deadline_ms 1500");
     st = maas_models_list(&list, c);
+    unwatch();
     expect_call(st, now_ms() - start, "the 1500 ms deadline of GET /models expired", 1500);
     maas_client_free(c);
 }
@@ -489,7 +561,9 @@ static void test_token_endpoint_never_answers(void **state)
     (void)state;
     assert_int_equal(emu_fault(&E, "/oauth2/token", "no-answer", 3), 200);
     start = now_ms();
+    watch("maas_client_authenticate, token_timeout_ms 2000");
     st = maas_client_authenticate(c);
+    unwatch();
     expect_call(st, now_ms() - start, "the 2000 ms deadline of the token request expired", 2000);
     maas_client_free(c);
 }
@@ -554,6 +628,25 @@ static void test_grpc_timeout_header(void **state)
             fail_msg("%s: Grpc-Timeout \"%s\"", engine_name[e], value);
     }
     maas_client_free(c);
+    /* Past 8 digits of milliseconds, seconds; past 8 digits of seconds, hours. */
+    {
+        static const struct { long deadline; char unit; long lo, hi; } big[] = {
+            { 200000000L, 'S', 200000 - UPPER_MS / 1000, 200001 },
+            { 400000000000L, 'H', 111111, 111112 },
+        };
+        for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
+            long v = -1;
+            char unit = 0;
+            c = emu_client(0, big[i].deadline, 0);
+            run(BLOCKING, c, &r, &o);
+            assert_int_equal(o.st, MAAS_OK);
+            emu_stat_string(&E, "last_grpc_timeout", value, sizeof value);
+            if (sscanf(value, "%ld%c", &v, &unit) != 2 || unit != big[i].unit || strlen(value) > 9 ||
+                v < big[i].lo || v > big[i].hi)
+                fail_msg("deadline %ld ms: Grpc-Timeout \"%s\"", big[i].deadline, value);
+            maas_client_free(c);
+        }
+    }
     /* No deadline, no header. */
     c = emu_client(0, 0, 0);
     run(BLOCKING, c, &r, &o);
@@ -576,8 +669,9 @@ static void test_generate_text_caps(void **state)
     (void)state;
     emu_options(&E, &opts);
     opts.max_text_bytes = 4096;
-    opts.deadline_ms = 120000; /* a backstop only: the caps end these streams */
+    opts.deadline_ms = 60000; /* a backstop only: the caps end these streams */
     assert_int_equal(maas_client_new(&c, &opts), MAAS_OK);
+    watch("maas_generate_text");
     r.model = MISTRAL;
     /* Ten million tokens as fast as the socket takes them. */
     r.prompt = "endless [[fault:tokens=10000000]] [[fault:coalesce]]";
@@ -600,6 +694,7 @@ static void test_generate_text_caps(void **state)
     st = maas_generate_text(&text, &len, c, &r);
     assert_int_equal(st, MAAS_OK);
     assert_true(len > 0 && len <= 4096);
+    unwatch();
     maas_free(text);
     maas_client_free(c);
 }
@@ -629,6 +724,9 @@ static int group_teardown(void **state)
 
 int main(void)
 {
+    /* MAAS_TEST_FILTER=test_models_trickle runs only the tests matching it. */
+    if (getenv("MAAS_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("MAAS_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_idle_silent_server, reset),
         cmocka_unit_test_setup(test_idle_silent_after_headers, reset),
@@ -637,6 +735,7 @@ int main(void)
         cmocka_unit_test_setup(test_interim_1xx_keepalives, reset),
         cmocka_unit_test_setup(test_blank_lines_between_messages, reset),
         cmocka_unit_test_setup(test_slow_upload_is_not_idle, reset),
+        cmocka_unit_test_setup(test_stalled_upload, reset),
         cmocka_unit_test_setup(test_models_trickle, reset),
         cmocka_unit_test_setup(test_token_endpoint_never_answers, reset),
         cmocka_unit_test_setup(test_backoff_measured_once, reset),
