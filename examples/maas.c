@@ -2,7 +2,7 @@
  * maas: a command-line client for the MaaS API, configured from the
  * environment (MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT, ...).
  *
- *   maas models [--json]
+ *   maas models [--json] [--timeout SECONDS]
  *   maas generate [options] PROMPT|-
  *
  * Exit status: 0 success, 2 usage, and one code per error class (see usage()).
@@ -37,7 +37,7 @@ enum exit_code {
 
 static void usage(FILE *f)
 {
-    fputs("usage: maas models [--json]\n"
+    fputs("usage: maas models [--json] [--timeout SECONDS]\n"
           "       maas generate [--model NAME] [--max-tokens N] [--temperature T]\n"
           "                     [--idle-timeout SECONDS] [--timeout SECONDS]\n"
           "                     [--connect-timeout SECONDS] [--retries N]\n"
@@ -48,7 +48,8 @@ static void usage(FILE *f)
           "\n"
           "Commands:\n"
           "  models     list the models, one per line: model name, product name, product id\n"
-          "             (--json: {\"models\": [...]} with the service's field names)\n"
+          "             (--json: {\"models\": [...]} with the service's field names;\n"
+          "             --timeout S: deadline for the whole call, default 30)\n"
           "  generate   stream a generation; the text of non-special tokens goes to stdout\n"
           "             as it arrives. PROMPT '-' reads the prompt from stdin; after '--'\n"
           "             a prompt may start with '-'.\n"
@@ -203,6 +204,8 @@ static maas_status make_client(maas_client **out, long connect_ms, long idle_ms,
     o.connect_timeout_ms = connect_ms;
     o.idle_timeout_ms = idle_ms;
     o.deadline_ms = deadline_ms;
+    if (deadline_ms > 0)
+        o.models_timeout_ms = deadline_ms; /* a longer --timeout lifts the 30 s default too */
     o.max_retries = retries;
     o.user_agent_suffix = "maas-cli";
     return maas_client_new(out, &o);
@@ -213,6 +216,7 @@ static maas_status make_client(maas_client **out, long connect_ms, long idle_ms,
 static int cmd_models(int argc, char **argv)
 {
     int json = 0, i, rc = EXIT_OK;
+    double timeout = 0;
     maas_client *c = NULL;
     maas_model_list *list = NULL;
     maas_status st;
@@ -221,12 +225,16 @@ static int cmd_models(int argc, char **argv)
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) {
             json = 1;
+        } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
+            if (parse_number(argv[i], argv[i + 1], 0.001, 86400 * 7, &timeout))
+                return EXIT_USAGE;
+            i++;
         } else {
             fprintf(stderr, "maas: usage: unknown argument to models: '%s'\n", argv[i]);
             return EXIT_USAGE;
         }
     }
-    st = make_client(&c, 0, 0, 0, 0);
+    st = make_client(&c, 0, 0, timeout > 0 ? to_ms(timeout) : 0, 0);
     if (st != MAAS_OK)
         return fail_last(st);
     st = maas_models_list(&list, c);

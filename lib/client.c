@@ -31,7 +31,7 @@ static size_t options_size(unsigned int version)
     case 1:
         return offsetof(maas_client_options, insecure_skip_tls_verify) + sizeof(int);
     case 2:
-        return offsetof(maas_client_options, proxy_ca_bundle) + sizeof(const char *);
+        return offsetof(maas_client_options, max_text_bytes) + sizeof(size_t);
     default:
         return 0;
     }
@@ -239,6 +239,11 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *caller
     c->token_refresh_skew_ms = opts->token_refresh_skew_ms > 0 ? opts->token_refresh_skew_ms
                                                                : 5 * 60 * 1000;
     c->max_line_bytes = opts->max_line_bytes ? opts->max_line_bytes : MAAS_DEFAULT_MAX_LINE_BYTES;
+    c->token_timeout_ms = opts->token_timeout_ms == 0 ? MAAS_DEFAULT_TOKEN_TIMEOUT_MS
+                          : opts->token_timeout_ms < 0 ? 0 : opts->token_timeout_ms;
+    c->models_timeout_ms = opts->models_timeout_ms == 0 ? MAAS_DEFAULT_MODELS_TIMEOUT_MS
+                           : opts->models_timeout_ms < 0 ? 0 : opts->models_timeout_ms;
+    c->max_text_bytes = opts->max_text_bytes ? opts->max_text_bytes : MAAS_DEFAULT_MAX_TEXT_BYTES;
     c->insecure = opts->insecure_skip_tls_verify != 0;
     c->log_level = opts->log_level != MAAS_LOG_OFF ? opts->log_level : maas_log_level_from_env();
     c->log_cb = opts->log_cb;

@@ -26,6 +26,9 @@ struct maas_client {
     long retry_base_ms, retry_max_ms, retry_after_max_ms;
     long token_refresh_skew_ms;
     size_t max_line_bytes;
+    long token_timeout_ms;     /* whole token call; 0: none */
+    long models_timeout_ms;    /* whole GET /models; 0: none */
+    size_t max_text_bytes;     /* maas_generate_text()'s cap */
     int insecure;
     maas_log_level log_level;
     maas_log_cb log_cb;

@@ -38,6 +38,7 @@ const char *maas_strerror(maas_status status)
     case MAAS_ERR_CANCELLED: return "cancelled";
     case MAAS_ERR_INTERNAL: return "internal error";
     case MAAS_ERR_PROXY: return "proxy error";
+    case MAAS_ERR_TEXT_TOO_LONG: return "generated text too long";
     }
     return "unknown status";
 }
@@ -74,6 +75,7 @@ const char *maas_status_name(maas_status status)
     NAME(MAAS_ERR_CANCELLED)
     NAME(MAAS_ERR_INTERNAL)
     NAME(MAAS_ERR_PROXY)
+    NAME(MAAS_ERR_TEXT_TOO_LONG)
 #undef NAME
     }
     return "MAAS_ERR_UNKNOWN";

@@ -1,6 +1,8 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -11,6 +13,9 @@
 #include "http.h"
 #include "log.h"
 #include "message.h"
+
+/* Request bytes the kernel may hold unsent (TCP_NOTSENT_LOWAT): enough to keep a fast link busy. */
+#define MAAS_UNSENT_MAX (128 * 1024)
 
 /* ---- share handle and channel pool ---------------------------------- */
 
@@ -406,9 +411,49 @@ static int on_connected(void *userp, char *ip, char *local_ip, int primary_port,
     (void)local_port;
     x->connected = 1;
     maas_xfer_mark(x);
+    if (x->on_armed)
+        x->on_armed(x->armed_payload);
     return CURL_PREREQFUNC_OK;
 }
 #endif
+
+/*
+ * libcurl counts the body as sent once the kernel took it, and a socket
+ * buffer holds megabytes that a slow uplink takes many seconds to send:
+ * keeping little unsent data in the kernel makes the upload progress
+ * libcurl reports follow the wire, so the idle clock measures the server.
+ */
+static int on_socket_open(void *userp, curl_socket_t fd, curlsocktype purpose)
+{
+    (void)userp;
+#ifdef TCP_NOTSENT_LOWAT
+    if (purpose == CURLSOCKTYPE_IPCXN) {
+        int lowat = MAAS_UNSENT_MAX;
+        setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
+    }
+#else
+    (void)fd;
+    (void)purpose;
+#endif
+    return CURL_SOCKOPT_OK;
+}
+
+/* A slow uplink is not a silent server: every bit of the request body that
+ * goes out restarts the idle clock, and its last bit starts the wait for the
+ * answer. */
+static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    maas_xfer *x = userp;
+    (void)dltotal;
+    (void)dlnow;
+    if ((int64_t)ulnow > x->up_seen) {
+        x->up_seen = (int64_t)ulnow;
+        maas_xfer_mark(x);
+    }
+    x->sending = ultotal > 0 && ulnow < ultotal;
+    return 0;
+}
 
 maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err)
 {
@@ -427,6 +472,13 @@ maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err)
 #else
     x->connected = 1;
 #endif
+    x->up_seen = 0;
+    x->sending = 0;
+    if (st == MAAS_OK && (curl_easy_setopt(x->easy, CURLOPT_XFERINFOFUNCTION, on_progress) ||
+                          curl_easy_setopt(x->easy, CURLOPT_XFERINFODATA, x) ||
+                          curl_easy_setopt(x->easy, CURLOPT_NOPROGRESS, 0L) ||
+                          curl_easy_setopt(x->easy, CURLOPT_SOCKOPTFUNCTION, on_socket_open)))
+        st = maas_error_set(err, MAAS_ERR_INTERNAL, "could not set the progress callback");
     return st;
 }
 
@@ -481,9 +533,13 @@ static maas_status within_deadline(const maas_xfer *x, int64_t now, int64_t *w,
 {
     if (!x->deadline_at)
         return MAAS_OK;
-    if (now >= x->deadline_at)
+    if (now >= x->deadline_at) {
+        if (x->deadline_what)
+            return maas_error_set(err, MAAS_ERR_DEADLINE, "the %ld ms deadline of %s expired",
+                                  x->deadline_ms, x->deadline_what);
         return maas_error_set(err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired",
-                              x->client->deadline_ms);
+                              x->deadline_ms ? x->deadline_ms : x->client->deadline_ms);
+    }
     if (x->deadline_at - now < *w)
         *w = x->deadline_at - now;
     return MAAS_OK;
@@ -500,6 +556,10 @@ static maas_status next_wait(const maas_xfer *x, int64_t *wait_ms, maas_error_re
      * handshake are the connect clock's. */
     if (x->idle_ms > 0 && x->added && x->connected) {
         int64_t left = x->idle_since + x->idle_ms - now;
+        if (left <= 0 && x->sending)
+            return maas_error_set(err, MAAS_ERR_IDLE_TIMEOUT,
+                                  "the request body made no progress for %ld ms (idle timeout)",
+                                  (long)x->idle_ms);
         if (left <= 0)
             return maas_error_set(err, MAAS_ERR_IDLE_TIMEOUT,
                                   "no message from the server for %ld ms (idle timeout)",
@@ -861,6 +921,8 @@ maas_status maas_http_fetch(maas_client *c, const maas_fetch *f, maas_response *
     if (st != MAAS_OK)
         return st;
     x.deadline_at = f->deadline_at;
+    x.deadline_ms = f->deadline_ms;
+    x.deadline_what = f->endpoint == MAAS_EP_TOKEN ? "the token request" : "GET /models";
     memset(&sink, 0, sizeof sink);
     sink.x = &x;
     sink.r = out;
@@ -915,7 +977,15 @@ maas_status maas_http_call(maas_client *c, const maas_fetch *f, int with_auth,
     maas_status st;
     maas_fetch one = *f;
 
-    one.deadline_at = c->deadline_ms > 0 ? maas_now_ms() + c->deadline_ms : 0;
+    /* A bounded body has a bound in time too: the idle clock alone would let a
+     * server trickling a byte at a time, or never answering, hold the call for
+     * (idle clock x attempts). Within the caller's own deadline. */
+    one.deadline_ms = f->endpoint == MAAS_EP_TOKEN    ? c->token_timeout_ms
+                      : f->endpoint == MAAS_EP_MODELS ? c->models_timeout_ms
+                                                      : 0;
+    if (c->deadline_ms > 0 && (one.deadline_ms <= 0 || c->deadline_ms < one.deadline_ms))
+        one.deadline_ms = c->deadline_ms;
+    one.deadline_at = one.deadline_ms > 0 ? maas_now_ms() + one.deadline_ms : 0;
     for (;;) {
         maas_auth_ticket ticket = { NULL, 0 };
         struct curl_slist *auth = NULL;

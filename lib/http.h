@@ -84,6 +84,14 @@ typedef struct maas_xfer {
     int64_t idle_ms;         /* <= 0 for none */
     int64_t idle_since;      /* monotonic ms of the last activity mark */
     int connected;           /* the connection is up: the idle clock runs */
+    int64_t up_seen;         /* request body bytes sent so far: progress restarts the idle clock */
+    int sending;             /* the request body is not all sent yet */
+    long deadline_ms;        /* the deadline's length, for its message (0: the client's) */
+    const char *deadline_what; /* what the deadline bounds, for its message (NULL: a stream) */
+    /* Called (inside libcurl) when the idle clock starts: a multi's stream must
+     * enter its clock heap then, or a silent server holds it for ever. */
+    void (*on_armed)(void *payload);
+    void *armed_payload;
     atomic_int *cancel;      /* may be NULL */
     unsigned long marks;     /* maas_xfer_mark() calls: a step that saw one returns at once */
     char errbuf[CURL_ERROR_SIZE];
@@ -152,6 +160,7 @@ typedef struct maas_fetch {
     size_t max_body;          /* larger answers fail with MAAS_ERR_PROTOCOL */
     maas_endpoint endpoint;
     int64_t deadline_at;      /* monotonic ms for the whole call, 0: none (set by maas_http_call) */
+    long deadline_ms;         /* its length, for its message */
 } maas_fetch;
 
 typedef struct maas_response {

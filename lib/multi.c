@@ -418,6 +418,13 @@ void maas_multi_note_cancel(maas_multi *m)
     maas_multi_wakeup(m);
 }
 
+/* The attempt's idle clock started (inside libcurl): pump() puts the stream in
+ * the clock heap, so that a server that never answers is noticed. */
+static void armed(void *payload)
+{
+    maas_multi_mark_ready(payload);
+}
+
 maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request *request,
                            maas_token_cb on_token, maas_details_cb on_details, maas_done_cb on_done,
                            void *payload)
@@ -443,6 +450,8 @@ maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request 
         return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a curl handle");
     }
     maas_xfer_init_external(&s->x, m->c, &s->cancel, &s->own);
+    s->x.on_armed = armed;
+    s->x.armed_payload = s;
     s->on_token = on_token;
     s->on_details = on_details;
     s->on_done = on_done;

@@ -175,6 +175,26 @@ out:
 
 /* ---- receiving ---------------------------------------------------------- */
 
+/* Does `p` end a line with more than blanks in it? Keeps the state of the line it leaves open. */
+static int ends_message(maas_stream *s, const char *p, size_t n)
+{
+    const char *end = p + n;
+    int found = 0;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *stop = nl ? nl : end;
+        for (; !s->line_has_text && p < stop; p++)
+            if (*p != ' ' && *p != '\t' && *p != '\r')
+                s->line_has_text = 1;
+        if (!nl)
+            break;
+        found |= s->line_has_text;
+        s->line_has_text = 0;
+        p = nl + 1;
+    }
+    return found;
+}
+
 static size_t on_write(char *data, size_t size, size_t n, void *userp)
 {
     maas_stream *s = userp;
@@ -201,9 +221,10 @@ static size_t on_write(char *data, size_t size, size_t n, void *userp)
         }
         return len;
     }
-    /* The idle clock measures the gap between messages, so only a line end restarts it:
-     * a server dripping one message byte by byte still trips it. */
-    if (memchr(data, '\n', len))
+    /* The idle clock measures the gap between messages, so only the end of a
+     * line that holds one restarts it: a server dripping one message byte by
+     * byte, or sending bare newlines as keep-alives, still trips it. */
+    if (ends_message(s, data, len))
         maas_xfer_mark(&s->x);
     st = maas_ndjson_feed(&s->dec, data, len);
     if (st != MAAS_OK) {
@@ -225,11 +246,17 @@ static size_t on_header(char *data, size_t size, size_t n, void *userp)
     if (size * n >= 5 && !memcmp(data, "HTTP/", 5)) {
         s->headers_done = 0;
         const char *sp = memchr(data, ' ', size * n);
-        maas_xfer_mark(&s->x);
+        long code = 0;
+        if (sp && (size_t)(sp - data) + 4 <= size * n)
+            code = strtol(sp + 1, NULL, 10);
+        /* An interim 1xx answer (102 Processing, sent every few seconds by a
+         * proxy) is not the server answering: only the final status line is. */
+        if (code < 100 || code >= 200)
+            maas_xfer_mark(&s->x);
         /* Known from here on, so that a failure before the first body byte
          * (an idle timeout) still reports the answer's status. */
-        if (sp && (size_t)(sp - data) + 4 <= size * n)
-            s->http_status = strtol(sp + 1, NULL, 10);
+        if (code)
+            s->http_status = code;
     }
     return maas_http_header_cb(data, size, n, &s->meta);
 }
@@ -240,7 +267,11 @@ void maas_stream_drop_attempt(maas_stream *s)
 {
     maas_xfer_finish(&s->x);
     if (s->auth) {
-        s->auth->next = NULL; /* free only the token node, not the fixed headers */
+        struct curl_slist *p = s->auth;
+        /* Free only this attempt's nodes (the token's, the timeout's), not the fixed headers. */
+        while (p->next && p->next != s->headers)
+            p = p->next;
+        p->next = NULL;
         maas_http_headers_free(s->auth);
         s->auth = NULL;
     }
@@ -278,10 +309,36 @@ static maas_status start_attempt(maas_stream *s)
         if (st != MAAS_OK)
             return st;
     }
+    if (s->attempts == 0 && s->c->deadline_ms > 0)
+        s->x.deadline_at = maas_now_ms() + s->c->deadline_ms;
     s->auth = curl_slist_append(NULL, s->ticket.header);
     if (!s->auth)
         return maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory");
     s->auth->next = s->headers;
+    if (s->x.deadline_at) {
+        /* Without it the service's dispatcher gives a generation its own 30 s;
+         * with it, grpc-gateway bounds the call by what is left of ours. */
+        int64_t left = s->x.deadline_at - maas_now_ms();
+        char value[48];
+        struct curl_slist *t;
+        if (left <= 0)
+            return maas_error_set(&s->err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired",
+                                  s->c->deadline_ms);
+        /* gRPC allows at most 8 digits: past 27 hours, whole seconds, then
+         * hours (a deadline of years is as good as none). */
+        if (left <= 99999999)
+            snprintf(value, sizeof value, "Grpc-Timeout: %lldm", (long long)left);
+        else if (left / 1000 < 99999999)
+            snprintf(value, sizeof value, "Grpc-Timeout: %lldS", (long long)(left / 1000 + 1));
+        else
+            snprintf(value, sizeof value, "Grpc-Timeout: %lldH",
+                     left / 3600000 < 99999999 ? (long long)(left / 3600000 + 1) : 99999999LL);
+        t = curl_slist_append(NULL, value);
+        if (!t)
+            return maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory");
+        t->next = s->headers;
+        s->auth->next = t;
+    }
 
     st = maas_xfer_prepare(&s->x, &s->err);
     if (st != MAAS_OK)
@@ -307,10 +364,9 @@ static maas_status start_attempt(maas_stream *s)
     s->headers_done = 0;
     s->error_len = 0;
     s->write_status = MAAS_OK;
-    if (s->attempts == 0 && s->c->deadline_ms > 0)
-        s->x.deadline_at = maas_now_ms() + s->c->deadline_ms;
     if (s->attempts == 0)
         s->t_start = mono_s();
+    s->line_has_text = 0;
     s->attempts++;
     maas_count(s->c, MAAS_COUNTER_API_REQUESTS, 1);
     MAAS_DEBUG(s->c, "POST %s (attempt %u)", s->url, s->attempts);
@@ -341,7 +397,7 @@ static maas_status retry_now(maas_stream *s)
 static maas_status after_failed_attempt(maas_stream *s, maas_status st, int block)
 {
     uint64_t generation = s->ticket.generation;
-    int64_t delay;
+    int64_t delay, now;
 
     maas_stream_drop_attempt(s);
     s->err.pub.attempts = s->attempts;
@@ -361,21 +417,25 @@ static maas_status after_failed_attempt(maas_stream *s, maas_status st, int bloc
     if (st != MAAS_ERR_TRUNCATED && !maas_retry_worth(&s->err))
         return st;
     delay = maas_retry_delay_ms(s->c, s->retries + 1, &s->err);
-    /* A wait that would outlast the deadline is no retry at all. */
-    if (delay < 0 || (s->x.deadline_at && maas_now_ms() + delay >= s->x.deadline_at))
+    /* A wait that would outlast the deadline is no retry at all. One reading
+     * of the clock for the check and the wake-up time: the log line between
+     * them may take any time, and a wake-up past the deadline would make a
+     * multi spin on the expired deadline until the wake-up. */
+    now = maas_now_ms();
+    if (delay < 0 || (s->x.deadline_at && now + delay >= s->x.deadline_at))
         return st;
     s->retries++;
     maas_count(s->c, MAAS_COUNTER_RETRIES, 1);
     MAAS_INFO(s->c, "%s (%s); retry %u in %lld ms", maas_strerror(st), s->err.message, s->retries,
               (long long)delay);
     s->state = S_BACKOFF;
-    s->wake_at = maas_now_ms() + delay;
+    s->wake_at = now + delay;
     if (!block) {
         if (s->multi)
             maas_multi_track(s);
         return MAAS_PENDING;
     }
-    st = maas_xfer_sleep(&s->x, delay, &s->err);
+    st = maas_xfer_sleep(&s->x, s->wake_at - maas_now_ms(), &s->err);
     if (st != MAAS_OK)
         return st;
     return retry_now(s);
@@ -838,21 +898,38 @@ maas_status maas_generate(maas_client *client, const maas_request *request,
 struct collect {
     char *buf;
     size_t len, cap;
+    size_t max_bytes;       /* the client's max_text_bytes */
+    size_t max_tokens;      /* max_new_tokens, plus the final special token */
+    size_t tokens;
+    maas_status why;        /* why the collector stopped the stream */
 };
 
 static int collect_token(const maas_token *t, void *payload)
 {
     struct collect *c = payload;
+    /* The service never sends more than max_new_tokens tokens and a final
+     * special one; a server that does is broken, and what it sends is bounded
+     * here rather than collected for ever. */
+    if (++c->tokens > c->max_tokens) {
+        c->why = MAAS_ERR_PROTOCOL;
+        return 1;
+    }
     if (t->special)
         return 0;
+    if (t->text_len > c->max_bytes - c->len) {
+        c->why = MAAS_ERR_TEXT_TOO_LONG;
+        return 1;
+    }
     if (c->len + t->text_len + 1 > c->cap) {
         size_t cap = c->cap ? c->cap : 256;
         char *b;
         while (cap < c->len + t->text_len + 1)
             cap *= 2;
         b = realloc(c->buf, cap);
-        if (!b)
+        if (!b) {
+            c->why = MAAS_ERR_NO_MEMORY;
             return 1;
+        }
         c->buf = b;
         c->cap = cap;
     }
@@ -865,7 +942,7 @@ static int collect_token(const maas_token *t, void *payload)
 maas_status maas_generate_text(char **out, size_t *out_len, maas_client *client,
                                const maas_request *request)
 {
-    struct collect col = { NULL, 0, 0 };
+    struct collect col = { NULL, 0, 0, 0, 0, 0, MAAS_OK };
     maas_stream *s;
     maas_status st;
 
@@ -877,10 +954,21 @@ maas_status maas_generate_text(char **out, size_t *out_len, maas_client *client,
     st = maas_stream_open(&s, client, request);
     if (st != MAAS_OK)
         return st;
+    col.max_bytes = client->max_text_bytes;
+    col.max_tokens = (size_t)(request->max_new_tokens ? request->max_new_tokens
+                                                      : MAAS_DEFAULT_MAX_NEW_TOKENS) + 1;
     st = maas_stream_run(s, collect_token, NULL, &col);
     if (st == MAAS_ERR_CANCELLED && !atomic_load(&s->cancel)) {
-        /* Only the collector cancels on its own: its buffer could not grow. */
-        st = maas_fail(MAAS_ERR_NO_MEMORY, "out of memory collecting the text");
+        /* Only the collector cancels on its own, and says why. */
+        if (col.why == MAAS_ERR_TEXT_TOO_LONG)
+            st = maas_fail(MAAS_ERR_TEXT_TOO_LONG,
+                           "the generated text exceeds max_text_bytes (%zu bytes)", col.max_bytes);
+        else if (col.why == MAAS_ERR_PROTOCOL)
+            st = maas_fail(MAAS_ERR_PROTOCOL,
+                           "the server sent more than max_new_tokens (%zu) tokens and a final one",
+                           col.max_tokens - 1);
+        else
+            st = maas_fail(MAAS_ERR_NO_MEMORY, "out of memory collecting the text");
     }
     maas_stream_free(s);
     if (st != MAAS_OK) {

@@ -48,6 +48,7 @@ struct maas_stream {
     maas_http_meta meta;
     long http_status;
     int headers_done;            /* the header block ended: a failure now cuts the body */
+    int line_has_text;           /* the line being received holds more than blanks */
     char *error_body;
     size_t error_len;
     maas_status write_status;    /* a decoder failure seen while receiving */

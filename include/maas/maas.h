@@ -85,8 +85,9 @@ typedef enum maas_status {
     MAAS_ERR_LINE_TOO_LONG = 24,   /**< a streamed line exceeded the configured maximum */
     MAAS_ERR_CANCELLED = 25,       /**< the caller cancelled the stream */
     MAAS_ERR_INTERNAL = 26,        /**< a bug in libmaas or a dependency; please report */
-    MAAS_ERR_PROXY = 27            /**< the proxy refused the tunnel (its answer in http_status,
+    MAAS_ERR_PROXY = 27,           /**< the proxy refused the tunnel (its answer in http_status,
                                         e.g. 407 or 403) or did not answer as a proxy */
+    MAAS_ERR_TEXT_TOO_LONG = 28    /**< maas_generate_text(): the text passed max_text_bytes */
 } maas_status;
 
 /** A static English description of `status`; never NULL. */
@@ -156,6 +157,12 @@ typedef struct maas_client maas_client;
 #define MAAS_DEFAULT_MAX_RETRIES 2
 /** Set max_retries to this value to disable retries. */
 #define MAAS_RETRIES_OFF (-1)
+/** Whole-call limit of one token request, retries included (docs/reliability.md). */
+#define MAAS_DEFAULT_TOKEN_TIMEOUT_MS 30000L
+/** Whole-call limit of one GET /models, retries included (docs/reliability.md). */
+#define MAAS_DEFAULT_MODELS_TIMEOUT_MS 30000L
+/** Most text maas_generate_text() collects before it fails with MAAS_ERR_TEXT_TOO_LONG. */
+#define MAAS_DEFAULT_MAX_TEXT_BYTES (16u * 1024u * 1024u)
 
 /**
  * Client configuration. Initialise with MAAS_CLIENT_OPTIONS_INIT or
@@ -174,7 +181,8 @@ typedef struct maas_client_options {
     const char *ca_bundle;       /**< PEM file of CAs to trust; NULL: the system store */
     long connect_timeout_ms;     /**< 0: MAAS_DEFAULT_CONNECT_TIMEOUT_MS */
     long idle_timeout_ms;        /**< longest gap between messages; 0: default; <0: none */
-    long deadline_ms;            /**< whole-request limit; 0 or <0: none */
+    long deadline_ms;            /**< whole-request limit; 0 or <0: none. A generation sends
+                                      what is left of it as Grpc-Timeout */
     int max_retries;             /**< 0: MAAS_DEFAULT_MAX_RETRIES; MAAS_RETRIES_OFF: none */
     long retry_base_ms;          /**< first backoff; 0: 500 */
     long retry_max_ms;           /**< backoff cap; 0: 8000 */
@@ -195,6 +203,14 @@ typedef struct maas_client_options {
                                         "": no proxy at all, the variables ignored */
     const char *proxy_ca_bundle;   /**< PEM file of the CAs to trust for an https:// proxy,
                                         exactly those; NULL: as ca_bundle */
+    long token_timeout_ms;       /**< whole token request, retries included; 0:
+                                      MAAS_DEFAULT_TOKEN_TIMEOUT_MS; <0: none. Never longer
+                                      than deadline_ms */
+    long models_timeout_ms;      /**< whole GET /models, retries included; 0:
+                                      MAAS_DEFAULT_MODELS_TIMEOUT_MS; <0: none. Never longer
+                                      than deadline_ms */
+    size_t max_text_bytes;       /**< most text maas_generate_text() collects; 0:
+                                      MAAS_DEFAULT_MAX_TEXT_BYTES */
 } maas_client_options;
 
 /**
@@ -204,7 +220,7 @@ typedef struct maas_client_options {
 #define MAAS_CLIENT_OPTIONS_INIT                                               \
     { MAAS_CLIENT_OPTIONS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL,  \
       0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0,   \
-      NULL, NULL }
+      NULL, NULL, 0L, 0L, 0u }
 
 /**
  * Zero `opts` and set its version. Returns MAAS_ERR_OPTIONS_VERSION for a
@@ -399,7 +415,10 @@ MAAS_EXPORT maas_status maas_generate(maas_client *client, const maas_request *r
 /**
  * Convenience: stream a generation and collect the text of its non-special
  * tokens. `*out` is NUL-terminated and released with maas_free(); `out_len`
- * may be NULL. On failure `*out` is NULL.
+ * may be NULL. On failure `*out` is NULL. At most the client's
+ * max_text_bytes are collected (MAAS_ERR_TEXT_TOO_LONG past them), and a
+ * stream of more than max_new_tokens tokens and a final one fails with
+ * MAAS_ERR_PROTOCOL.
  */
 MAAS_EXPORT maas_status maas_generate_text(char **out, size_t *out_len, maas_client *client,
                                            const maas_request *request);

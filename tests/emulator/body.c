@@ -205,6 +205,22 @@ static bool replace_line(struct request *rq)
     return true;
 }
 
+/* keepalive-blank=MS: what a proxy keeping an idle stream open sends, a bare
+ * newline every MS, and never a message, until the client goes away. */
+static enum produced keepalive_blank(struct request *rq)
+{
+    long ms = rq->f.keepalive_blank_ms;
+    if (rq->keepalive_sent) {
+        rq->keepalive_sent = false;
+        if (!sched_wait(&rq->w, ms, ms >= EMU_WATCH_MIN_MS))
+            return P_DROP;
+        return P_WAIT;
+    }
+    sbuf_add(&rq->out, "\n", 1);
+    rq->keepalive_sent = true;
+    return P_DATA;
+}
+
 static enum produced produce(struct request *rq, size_t target)
 {
     const struct faults *f = &rq->f;
@@ -215,6 +231,8 @@ static enum produced produce(struct request *rq, size_t target)
         switch (rq->phase) {
         case PH_TOKENS: {
             const uint64_t n = rq->msg_i; /* tokens sent so far */
+            if (f->keepalive_blank_ms >= 0)
+                return keepalive_blank(rq);
             if (n >= total) {
                 rq->phase = PH_DONE;
                 continue;
@@ -247,7 +265,7 @@ static enum produced produce(struct request *rq, size_t target)
                 rq->end = "truncated";
                 continue;
             }
-            if (f->stall_after == (long)n) {
+            if (f->stall_after == (long)n || (f->silent_after_headers && n == 0)) {
                 if (rq->out.len)
                     return P_DATA;
                 if (rq->stalled) /* only a hang-up or shutdown ends a stall */

@@ -17,6 +17,7 @@ void faults_init(struct faults *f)
     f->error_after = f->drop_after = f->truncate_after = f->malformed_after = -1;
     f->stall_after = f->drip_ms = f->delay_ms = f->first_byte_delay_ms = f->tokens = -1;
     f->long_line = f->deep_nesting = -1;
+    f->keepalive_blank_ms = -1;
 }
 
 bool faults_any_body(const struct faults *f)
@@ -35,6 +36,7 @@ void faults_merge(struct faults *dst, const struct faults *src)
     dst->invalid_utf8 |= src->invalid_utf8;
     dst->nul_byte |= src->nul_byte;
     dst->no_answer |= src->no_answer;
+    dst->silent_after_headers |= src->silent_after_headers;
     dst->wrong_type |= src->wrong_type;
 #define TAKE(field)                                                                         \
     do {                                                                                    \
@@ -52,6 +54,7 @@ void faults_merge(struct faults *dst, const struct faults *src)
     TAKE(tokens);
     TAKE(long_line);
     TAKE(deep_nesting);
+    TAKE(keepalive_blank_ms);
 #undef TAKE
     if (src->status)
         dst->status = src->status;
@@ -152,6 +155,8 @@ static const struct fdef defs[] = {
     {"invalid-utf8", F_FLAG, OFF(invalid_utf8)},
     {"nul-byte", F_FLAG, OFF(nul_byte)},
     {"no-answer", F_FLAG, OFF(no_answer)},
+    {"silent-after-headers", F_FLAG, OFF(silent_after_headers)},
+    {"keepalive-blank", F_MS, OFF(keepalive_blank_ms)},
     {"wrong-type", F_WRONG_TYPE, OFF(wrong_type)},
     {"bad-value", F_BAD_VALUE, 0},
 };

@@ -630,13 +630,26 @@ static void record_user_agent(struct MHD_Connection *conn)
     pthread_mutex_unlock(&ua_lock);
 }
 
+/* The Grpc-Timeout of the last generation ("" without one): the deadline a client passed on. */
+static char last_grpc_timeout[64];
+
+static void record_grpc_timeout(struct MHD_Connection *conn)
+{
+    const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Grpc-Timeout");
+    pthread_mutex_lock(&ua_lock);
+    snprintf(last_grpc_timeout, sizeof last_grpc_timeout, "%s", v ? v : "");
+    pthread_mutex_unlock(&ua_lock);
+}
+
 static json_t *stats_json(void)
 {
-    char ua[sizeof last_user_agent];
+    char ua[sizeof last_user_agent], gt[sizeof last_grpc_timeout];
+    json_t *o;
     pthread_mutex_lock(&ua_lock);
     memcpy(ua, last_user_agent, sizeof ua);
+    memcpy(gt, last_grpc_timeout, sizeof gt);
     pthread_mutex_unlock(&ua_lock);
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
+    o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
                      "token_requests", (json_int_t)atomic_load(&g_stats.token_requests),
                      "tokens_issued", (json_int_t)atomic_load(&g_stats.tokens_issued),
                      "models_requests", (json_int_t)atomic_load(&g_stats.models_requests),
@@ -647,6 +660,9 @@ static json_t *stats_json(void)
                      "connections_open", (json_int_t)atomic_load(&g_stats.connections_open),
                      "streams_active", (json_int_t)atomic_load(&g_stats.streams_active),
                      "last_user_agent", ua);
+    if (o)
+        json_object_set_new(o, "last_grpc_timeout", json_string(gt));
+    return o;
 }
 
 static enum route fault_path(const char *p)
@@ -854,6 +870,7 @@ enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *u
             atomic_fetch_add(&g_stats.generate_requests, 1);
             count_api_connection(conn);
             record_user_agent(conn);
+            record_grpc_timeout(conn);
             break;
         default:
             break;

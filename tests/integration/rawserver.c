@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,7 +39,11 @@ struct conn {
     int finished;           /* the whole answer is out (garbage, http09): FIN sent */
     unsigned long lines;    /* endless-header: header lines produced */
     unsigned long dripped;  /* slow-header: bytes sent after the status line */
-    int64_t next_drip;      /* slow-header: when the next byte is due */
+    int64_t next_drip;      /* slow-header: when the next byte is due (keep-alive modes:
+                               the next keep-alive; slow-read: the next read) */
+    char head[8192];        /* slow-read: the request head, to find its Content-Length */
+    size_t head_len;
+    long long body_left;    /* slow-read: request body bytes not read yet */
 };
 
 struct rawserver {
@@ -68,6 +73,9 @@ const char *rawserver_mode_name(raw_mode mode)
     case RAW_ACCEPT_SILENT: return "accept-silent";
     case RAW_GARBAGE: return "garbage";
     case RAW_HTTP09: return "http09";
+    case RAW_INTERIM_1XX: return "interim-1xx";
+    case RAW_SLOW_READ: return "slow-read";
+    case RAW_NO_READ: return "no-read";
     }
     return "?";
 }
@@ -118,7 +126,42 @@ static void answer_begins(rawserver *s, struct conn *c)
     case RAW_HTTP09:
         add(c, body09, sizeof body09 - 1);
         break;
+    case RAW_INTERIM_1XX:
+        c->next_drip = mono_ms(); /* the first keep-alive at once */
+        break;
+    case RAW_SLOW_READ:
+        c->next_drip = mono_ms() + RAW_DRIP_MS;
+        break;
+    case RAW_NO_READ:
+        break;
     }
+}
+
+/* slow-read: the whole request is in; a stream of one final message, on a connection
+ * that is not reused (one request per connection is all this mode reads). */
+static void answer_slow_read(struct conn *c)
+{
+    static const char msg[] =
+        "{\"result\":{\"response\":{\"token\":{\"id\":2,\"text\":\"</s>\",\"logprob\":-0.5,"
+        "\"special\":true},\"top_tokens\":[],\"generated_text\":\"read\",\"details\":{"
+        "\"finish_reason\":\"FINISH_REASON_EOS_TOKEN\",\"generated_tokens\":1},"
+        "\"requestID\":\"0b8f1c1e-5d6a-4f0e-9a43-6c1f3e9b2a77\"}}}\n";
+    char head[160];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n", sizeof msg - 1);
+    add(c, head, (size_t)n);
+    add(c, msg, sizeof msg - 1);
+}
+
+/* slow-read: the head is complete at c->head[0, end): how much body follows. */
+static long long content_length(const struct conn *c, size_t end)
+{
+    size_t i;
+    for (i = 0; i + 15 < end; i++)
+        if (!strncasecmp(c->head + i, "\r\nContent-Length:", 17))
+            return strtoll(c->head + i + 17, NULL, 10);
+    return 0;
 }
 
 /* Top up the output of the endless modes. */
@@ -139,13 +182,69 @@ static void refill(rawserver *s, struct conn *c, int64_t now)
     } else if (s->mode == RAW_SLOW_HEADER && now >= c->next_drip) {
         add(c, &drip[c->dripped++ % (sizeof drip - 1)], 1);
         c->next_drip = now + RAW_DRIP_MS;
+    } else if (s->mode == RAW_INTERIM_1XX && now >= c->next_drip) {
+        static const char interim[] = "HTTP/1.1 102 Processing\r\n\r\n";
+        add(c, interim, sizeof interim - 1);
+        c->next_drip = now + RAW_KEEPALIVE_MS;
     }
+}
+
+/* slow-read: the head at once, then the body a chunk per RAW_DRIP_MS. 0: the client left. */
+static int conn_read_slow(struct conn *c, rawserver *s)
+{
+    static char sink[RAW_SLOW_READ_CHUNK];
+    ssize_t r;
+    if (!c->head_seen) {
+        char *end;
+        r = recv(c->fd, c->head + c->head_len, sizeof c->head - c->head_len - 1, MSG_DONTWAIT);
+        if (r == 0)
+            return 0;
+        if (r < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 1 : 0;
+        c->head_len += (size_t)r;
+        c->head[c->head_len] = '\0';
+        end = memmem(c->head, c->head_len, "\r\n\r\n", 4);
+        if (!end)
+            return c->head_len < sizeof c->head - 1;
+        c->head_seen = 1;
+        atomic_fetch_add(&s->requests, 1);
+        c->body_left = content_length(c, (size_t)(end - c->head)) -
+                       (long long)(c->head_len - (size_t)(end + 4 - c->head));
+        answer_begins(s, c);
+    } else if (c->body_left > 0) {
+        int64_t now = mono_ms();
+        if (now < c->next_drip)
+            return 1;
+        c->next_drip = now + RAW_DRIP_MS;
+        r = recv(c->fd, sink, (size_t)(c->body_left < RAW_SLOW_READ_CHUNK ? c->body_left
+                                                                         : RAW_SLOW_READ_CHUNK),
+                 MSG_DONTWAIT);
+        if (r == 0)
+            return 0;
+        if (r < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 1 : 0;
+        c->body_left -= r;
+    } else {
+        r = recv(c->fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (r == 0)
+            return 0;
+        if (r < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 1 : 0;
+        return 1;
+    }
+    if (c->head_seen && c->body_left <= 0 && !c->finished) {
+        c->finished = 1; /* answered once; the connection stays for the client to close */
+        answer_slow_read(c);
+    }
+    return 1;
 }
 
 /* Read and discard; notice the end of the request head. 0: the client left. */
 static int conn_read(rawserver *s, struct conn *c)
 {
     char buf[4096];
+    if (s->mode == RAW_SLOW_READ)
+        return conn_read_slow(c, s);
     for (;;) {
         ssize_t r = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
         if (r == 0)
@@ -222,7 +321,10 @@ static void *serve(void *arg)
         for (i = 0; i < s->nconns; i++) {
             struct conn *c = &s->conns[i];
             refill(s, c, now);
-            if (s->mode == RAW_SLOW_HEADER && c->head_seen && c->out_off >= c->out_len &&
+            if ((s->mode == RAW_SLOW_HEADER || s->mode == RAW_INTERIM_1XX) && c->head_seen && c->out_off >= c->out_len &&
+                (wake < 0 || c->next_drip < wake))
+                wake = c->next_drip;
+            if (s->mode == RAW_SLOW_READ && c->head_seen && c->body_left > 0 &&
                 (wake < 0 || c->next_drip < wake))
                 wake = c->next_drip;
         }
@@ -231,6 +333,11 @@ static void *serve(void *arg)
         for (i = 0; i < s->nconns; i++) {
             struct conn *c = &s->conns[i];
             short ev = POLLIN;
+            /* slow-read: the body waits in the socket until its next read is due. */
+            if (s->mode == RAW_SLOW_READ && c->head_seen && c->body_left > 0 && now < c->next_drip)
+                ev = 0;
+            if (s->mode == RAW_NO_READ)
+                ev = 0;
             if (c->out_off < c->out_len ||
                 ((s->mode == RAW_GARBAGE || s->mode == RAW_HTTP09) && c->head_seen && !c->finished))
                 ev |= POLLOUT;
@@ -280,6 +387,11 @@ rawserver *rawserver_start(raw_mode mode)
     if (s->lfd < 0)
         goto fail;
     setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (mode == RAW_SLOW_READ || mode == RAW_NO_READ) {
+        /* A small window: the request waits in the client's socket, as on a slow uplink. */
+        int small = 16384;
+        setsockopt(s->lfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    }
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

@@ -18,8 +18,16 @@ typedef enum raw_mode {
                            one byte every 50 ms: a complete header line every 300 ms */
     RAW_ACCEPT_SILENT,  /* accepts and reads, never writes */
     RAW_GARBAGE,        /* 8 KiB of pseudo-random bytes that are not HTTP, then end of stream */
-    RAW_HTTP09          /* a JSON body without status line or headers (HTTP/0.9), then end of stream */
+    RAW_HTTP09,         /* a JSON body without status line or headers (HTTP/0.9), then end of stream */
+    RAW_INTERIM_1XX,    /* "HTTP/1.1 102 Processing" and a blank line every RAW_KEEPALIVE_MS, for ever */
+    RAW_SLOW_READ,      /* reads the request body RAW_SLOW_READ_CHUNK bytes every 50 ms, then
+                           answers a complete one-message stream (Content-Length) */
+    RAW_NO_READ         /* accepts, never reads nor writes (a small receive window): an
+                           upload to it stalls; connections close only at rawserver_stop() */
 } raw_mode;
+
+#define RAW_KEEPALIVE_MS 300
+#define RAW_SLOW_READ_CHUNK 65536
 
 typedef struct rawserver rawserver;
 
