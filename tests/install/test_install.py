@@ -193,7 +193,7 @@ def test_layout(inst, work):
         if soname != "libmaas.so.0":
             problems.append("SONAME %s, want libmaas.so.0" % soname)
 
-    pages = ["man1/maas.1", "man1/maas-demo.1", "man1/maas-emulator.1"] + ["man3/%s.3" % g for g in GUIDE_PAGES]
+    pages = ["man1/maas.1", "man1/maas-batch.1", "man1/maas-demo.1", "man1/maas-emulator.1"] + ["man3/%s.3" % g for g in GUIDE_PAGES]
     header = os.path.join(inst.includedir, "maas", "maas.h")
     functions = header_functions(header) if os.path.exists(header) else set()
     if not functions:
