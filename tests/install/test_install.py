@@ -67,7 +67,7 @@ SUBTESTS = ["layout", "rpath", "pkgconfig", "static", "cpp", "uninstalled", "sub
 # The guides installed as man pages (docs/meson.build), section 3.
 GUIDE_PAGES = ["libmaas", "libmaas-errors", "libmaas-multi", "libmaas-threading", "libmaas-cpp",
                "libmaas-streaming", "libmaas-configuration"]
-INSTALLED_EXAMPLES = ["hello.c", "multi-poll.c", "multi-uv.c", "cpp-example.cpp"]
+INSTALLED_EXAMPLES = ["hello.c", "multi-poll.c", "multi-uv.c", "cpp-example.cpp", "multi-asio.cpp"]
 
 # What an installed man page must not name: a path of the source or build
 # tree (its reader may have neither), a Markdown source, a path that climbs
