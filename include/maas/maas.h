@@ -138,7 +138,7 @@ typedef void (*maas_log_cb)(maas_log_level level, const char *message, void *pay
 
 typedef struct maas_client maas_client;
 
-#define MAAS_CLIENT_OPTIONS_VERSION 1
+#define MAAS_CLIENT_OPTIONS_VERSION 2
 
 /** Default API base URL. */
 #define MAAS_DEFAULT_API_BASE_URL "https://us-region-2-sdk-api.cloud.intel.com/v1/maas"
@@ -165,7 +165,9 @@ typedef struct maas_client_options {
     const char *api_base_url;    /**< NULL: MAAS_DEFAULT_API_BASE_URL */
     const char *auth_url;        /**< NULL: MAAS_DEFAULT_AUTH_URL */
     const char *token;           /**< a bearer token used as is, no token endpoint */
-    const char *ca_bundle;       /**< PEM file of CAs to trust; NULL: the system store */
+    const char *ca_bundle;       /**< PEM file of the only CAs trusted (the system store and
+                                      libcurl's CA directory are then not used); NULL: the
+                                      system store */
     long connect_timeout_ms;     /**< 0: MAAS_DEFAULT_CONNECT_TIMEOUT_MS */
     long idle_timeout_ms;        /**< longest gap between messages; 0: default; <0: none */
     long deadline_ms;            /**< whole-request limit; 0 or <0: none */
@@ -182,6 +184,13 @@ typedef struct maas_client_options {
     const char *user_agent_suffix; /**< appended to the User-Agent; at most 64 bytes, no
                                         control characters */
     int insecure_skip_tls_verify;  /**< nonzero disables TLS verification. Insecure: tests only */
+    /* ---- version 2 ---- */
+    int allow_insecure_http;       /**< nonzero accepts an http:// api_base_url or auth_url
+                                        to a host that is not loopback (127.0.0.0/8, ::1,
+                                        localhost). INSECURE: the client secret and the
+                                        tokens then cross the network in clear text. 0
+                                        (default): such a URL fails with MAAS_ERR_CONFIG.
+                                        From the environment: MAAS_ALLOW_INSECURE_HTTP=1 */
 } maas_client_options;
 
 /**
@@ -190,7 +199,7 @@ typedef struct maas_client_options {
  */
 #define MAAS_CLIENT_OPTIONS_INIT                                               \
     { MAAS_CLIENT_OPTIONS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL,  \
-      0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0 }
+      0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0, 0 }
 
 /**
  * Zero `opts` and set its version. Returns MAAS_ERR_OPTIONS_VERSION for a
@@ -201,7 +210,10 @@ MAAS_EXPORT maas_status maas_client_options_init(maas_client_options *opts, unsi
 /**
  * Create a client. `opts` NULL reads everything from the environment
  * (MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT, MAAS_API_BASE_URL,
- * MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_LOG). With `opts`, the
+ * MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_ALLOW_INSECURE_HTTP, MAAS_LOG).
+ * MAAS_ERR_CONFIG for missing credentials, a string with a control character
+ * or invalid UTF-8, a URL that is not http(s), and an http:// URL to a host
+ * that is not loopback unless allow_insecure_http is set. With `opts`, the
  * environment is not read except MAAS_LOG when opts->log_level is 0.
  * No network traffic happens here.
  */
