@@ -510,15 +510,35 @@ static void test_basic_auth_form_encoded(void **state)
     assert_string_equal(plain, "app%3A1+x%2F%C3%A9:s%3A%25%2B%26%7E*");
 }
 
-static void test_basic_auth_colon_in_id_at_the_emulator(void **state)
+/* Tests that need the emulator get one from emu_setup (stopped by
+ * emu_teardown even when the test fails). */
+static emu E;
+
+static int emu_setup(void **state)
+{
+    (void)state;
+    return emu_start(&E, NULL);
+}
+
+static int emu_setup_colon_id(void **state)
 {
     static const char *const args[] = { "--client-id", "tenant:app 7", "--client-secret",
                                         "p:w%d+", NULL };
-    emu E;
+    (void)state;
+    return emu_start(&E, args);
+}
+
+static int emu_teardown(void **state)
+{
+    (void)state;
+    return emu_stop(&E);
+}
+
+static void test_basic_auth_colon_in_id_at_the_emulator(void **state)
+{
     maas_client_options o;
     maas_client *c = NULL;
     (void)state;
-    assert_int_equal(emu_start(&E, args), 0);
     emu_options(&E, &o);
     o.client_id = "tenant:app 7";
     o.client_secret = "p:w%d+";
@@ -533,12 +553,10 @@ static void test_basic_auth_colon_in_id_at_the_emulator(void **state)
     assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
     assert_int_equal(maas_client_authenticate(c), MAAS_ERR_AUTH);
     maas_client_free(c);
-    assert_int_equal(emu_stop(&E), 0);
 }
 
 static void test_body_over_16mib_refused_unsent(void **state)
 {
-    emu E;
     maas_client_options o;
     maas_client *c = NULL;
     maas_request r = MAAS_REQUEST_INIT;
@@ -547,7 +565,6 @@ static void test_body_over_16mib_refused_unsent(void **state)
     (void)state;
     memset(prompt, 'a', n);
     prompt[n] = '\0';
-    assert_int_equal(emu_start(&E, NULL), 0);
     emu_options(&E, &o);
     assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
     r.model = "mistralai/Mistral-7B-Instruct-v0.1";
@@ -561,7 +578,6 @@ static void test_body_over_16mib_refused_unsent(void **state)
     assert_int_equal(emu_stat(&E, "generate_requests"), 1);
     maas_client_free(c);
     free(prompt);
-    assert_int_equal(emu_stop(&E), 0);
 }
 
 static void test_cloud_account_invalid_utf8(void **state)
@@ -605,14 +621,12 @@ static int closed_port(void)
 
 static void test_connect_failure_names_endpoint(void **state)
 {
-    emu E;
     maas_client_options o;
     maas_client *c = NULL;
     maas_model_list *l = NULL;
     char bad[128], token[4096];
     const char *m;
     (void)state;
-    assert_int_equal(emu_start(&E, NULL), 0);
     snprintf(bad, sizeof bad, "http://127.0.0.1:%d/oauth2/token", closed_port());
     emu_options(&E, &o);
     o.auth_url = bad;
@@ -637,18 +651,15 @@ static void test_connect_failure_names_endpoint(void **state)
     if (strncmp(m, "API: ", 5))
         fail_msg("does not name the API: %s", m);
     maas_client_free(c);
-    assert_int_equal(emu_stop(&E), 0);
 }
 
 static void test_tls_to_plain_http_port_explained(void **state)
 {
-    emu E;
     maas_client_options o;
     maas_client *c = NULL;
     char https[sizeof E.auth + 8];
     const char *m;
     (void)state;
-    assert_int_equal(emu_start(&E, NULL), 0);
     assert_int_equal(strncmp(E.auth, "http://", 7), 0);
     snprintf(https, sizeof https, "https://%s", E.auth + 7);
     emu_options(&E, &o);
@@ -660,7 +671,6 @@ static void test_tls_to_plain_http_port_explained(void **state)
     if (!strstr(m, "wrong version number") || !strstr(m, "the server answered without TLS"))
         fail_msg("unexplained: %s", m);
     maas_client_free(c);
-    assert_int_equal(emu_stop(&E), 0);
 }
 
 int main(void)
@@ -673,11 +683,15 @@ int main(void)
         cmocka_unit_test(test_stream_error_line_escaped),
         cmocka_unit_test(test_header_over_100k_is_protocol_error),
         cmocka_unit_test(test_basic_auth_form_encoded),
-        cmocka_unit_test(test_basic_auth_colon_in_id_at_the_emulator),
-        cmocka_unit_test(test_body_over_16mib_refused_unsent),
+        cmocka_unit_test_setup_teardown(test_basic_auth_colon_in_id_at_the_emulator,
+                                        emu_setup_colon_id, emu_teardown),
+        cmocka_unit_test_setup_teardown(test_body_over_16mib_refused_unsent, emu_setup,
+                                        emu_teardown),
         cmocka_unit_test(test_cloud_account_invalid_utf8),
-        cmocka_unit_test(test_connect_failure_names_endpoint),
-        cmocka_unit_test(test_tls_to_plain_http_port_explained),
+        cmocka_unit_test_setup_teardown(test_connect_failure_names_endpoint, emu_setup,
+                                        emu_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_to_plain_http_port_explained, emu_setup,
+                                        emu_teardown),
     };
     int rc;
     (void)NO_MODEL;
