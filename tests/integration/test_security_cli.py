@@ -299,8 +299,33 @@ class SecurityCli(unittest.TestCase):
         self.assert_no_traffic()
 
     def test_https_to_plain_port_explained(self):
-        auth = self.emu.urls["MAAS_AUTH_URL"].replace("http://", "https://")
-        rc, _, err = run(self.emu, "models", env=self.emu.env(MAAS_AUTH_URL=auth))
+        # A plain-HTTP server that speaks first, so that the client's TLS layer
+        # always reads a status line where a record belongs (an HTTP server
+        # that answers the ClientHello may close before it is read).
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+
+        def speak():
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    while conn.recv(4096):
+                        pass
+
+        t = threading.Thread(target=speak, daemon=True)
+        t.start()
+        auth = "https://127.0.0.1:%d/oauth2/token" % srv.getsockname()[1]
+        try:
+            rc, _, err = run(self.emu, "models", env=self.emu.env(MAAS_AUTH_URL=auth))
+        finally:
+            srv.shutdown(socket.SHUT_RDWR)
+            srv.close()
+            t.join(timeout=30)
         self.assertEqual(rc, 7)
         self.assertRegex(err, r"^maas: TLS error: token endpoint: .*wrong version number "
                               r"\(the server answered without TLS: is that port a plain-HTTP "
