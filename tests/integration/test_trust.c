@@ -178,7 +178,12 @@ static void test_ca_bundle_is_the_only_trust(void **state)
     assert_int_equal(emu_stop(&E), 0);
     assert_int_equal(n, (ssize_t)sizeof got);
     assert_int_equal(waited, pid);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* Under valgrind the child's _exit runs a leak check of a process that
+     * never freed its client's global state: its error code (99) is not the
+     * test's failure; the results it wrote are. */
+    assert_true(WIFEXITED(status) &&
+                (WEXITSTATUS(status) == 0 ||
+                 (getenv("MAAS_UNDER_VALGRIND") && WEXITSTATUS(status) == 99)));
     if (got[0] != MAAS_OK)
         fail_msg("control: without a bundle the CA directory should trust B, got %s",
                  maas_status_name(got[0]));
