@@ -15,7 +15,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include <maas/maas.h>
 
@@ -123,12 +128,70 @@ static int exit_code_for(maas_status st)
     return EXIT_INTERNAL;
 }
 
+/* Length of the well-formed UTF-8 sequence at s[0..n), 0 if there is none. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    size_t len = s[0] < 0x80 ? 1 : s[0] >= 0xC2 && s[0] <= 0xDF ? 2
+                 : s[0] >= 0xE0 && s[0] <= 0xEF ? 3 : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4 : 0;
+    size_t i;
+    if (!len || n < len)
+        return 0;
+    if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] > 0x9F) ||
+        (s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] > 0x8F))
+        return 0;
+    for (i = 1; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    return len;
+}
+
+/*
+ * Write text that came from the server so that a terminal shows it and does
+ * not act on it: control characters (C0, DEL, the C1 range U+0080..U+009F)
+ * and bytes that are not UTF-8 become \n, \r, \t, \xHH or \u00HH. With
+ * `lines`, newline and tab pass (generated text keeps its layout).
+ */
+static void put_safe(FILE *f, const char *str, size_t n, int lines)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0, k;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (lines && (c == '\n' || c == '\t')) {
+            fputc(c, f);
+            i++;
+        } else if (c == '\n' || c == '\r' || c == '\t') {
+            fputc('\\', f);
+            fputc(c == '\n' ? 'n' : c == '\r' ? 'r' : 't', f);
+            i++;
+        } else if (c == 0xC2 && i + 1 < n && s[i + 1] >= 0x80 && s[i + 1] < 0xA0) {
+            fprintf(f, "\\u00%c%c", hex[s[i + 1] >> 4], hex[s[i + 1] & 15]);
+            i += 2;
+        } else if (c < 0x20 || c == 0x7F || !(k = utf8_len(s + i, n - i))) {
+            fprintf(f, "\\x%c%c", hex[c >> 4], hex[c & 15]);
+            i++;
+        } else {
+            fwrite(s + i, 1, k, f);
+            i += k;
+        }
+    }
+}
+
+static void puts_safe(FILE *f, const char *s)
+{
+    put_safe(f, s, strlen(s), 0);
+}
+
 /* One line: "maas: <class>: <message> (HTTP 429, gRPC 8, request id, 3 attempts)". */
 static int report(maas_status st, const maas_error *e)
 {
     char extra[256] = "";
-    size_t n = 0;
+    size_t n = 0, cls = strlen(maas_strerror(st));
     const char *msg = e && e->message[0] ? e->message : "";
+    /* The server's "permission denied: ..." after our "permission denied: ". */
+    if (!strncasecmp(msg, maas_strerror(st), cls) && msg[cls] == ':' && msg[cls + 1] == ' ')
+        msg += cls + 2;
     if (e && e->http_status)
         n += (size_t)snprintf(extra + n, sizeof extra - n, "%sHTTP %d", n ? ", " : "",
                               e->http_status);
@@ -141,8 +204,13 @@ static int report(maas_status st, const maas_error *e)
     if (e && e->attempts > 1 && n < sizeof extra)
         n += (size_t)snprintf(extra + n, sizeof extra - n, "%s%u attempts", n ? ", " : "",
                               e->attempts);
-    fprintf(stderr, "maas: %s%s%s%s%s%s\n", maas_strerror(st), msg[0] ? ": " : "", msg,
-            n ? " (" : "", extra, n ? ")" : "");
+    if (n >= sizeof extra)
+        n = sizeof extra - 1;
+    fprintf(stderr, "maas: %s%s", maas_strerror(st), msg[0] ? ": " : "");
+    puts_safe(stderr, msg);
+    fputs(n ? " (" : "", stderr);
+    put_safe(stderr, extra, n, 0);
+    fputs(n ? ")\n" : "\n", stderr);
     return exit_code_for(st);
 }
 
@@ -165,10 +233,16 @@ static void json_string(FILE *f, const char *s, size_t len)
         case '\r': fputs("\\r", f); break;
         case '\t': fputs("\\t", f); break;
         default:
-            if (ch < 0x20 || ch == 0x7f)
+            if (ch < 0x20 || ch == 0x7f) {
                 fprintf(f, "\\u00%c%c", hex[ch >> 4], hex[ch & 15]);
-            else
+            } else if (ch == 0xC2 && i + 1 < len && (unsigned char)s[i + 1] >= 0x80 &&
+                       (unsigned char)s[i + 1] < 0xA0) {
+                /* a C1 control: some terminals act on U+009B as on ESC [ */
+                ch = (unsigned char)s[++i];
+                fprintf(f, "\\u00%c%c", hex[ch >> 4], hex[ch & 15]);
+            } else {
                 fputc(ch, f);
+            }
         }
     }
     fputc('"', f);
@@ -255,8 +329,12 @@ static int cmd_models(int argc, char **argv)
             json_string(stdout, maas_model_product_name(m), strlen(maas_model_product_name(m)));
             fputc('}', stdout);
         } else {
-            printf("%s\t%s\t%s\n", maas_model_name(m), maas_model_product_name(m),
-                   maas_model_product_id(m));
+            puts_safe(stdout, maas_model_name(m));
+            fputc('\t', stdout);
+            puts_safe(stdout, maas_model_product_name(m));
+            fputc('\t', stdout);
+            puts_safe(stdout, maas_model_product_id(m));
+            fputc('\n', stdout);
         }
     }
     if (json)
@@ -273,6 +351,7 @@ struct gen_state {
     int json;
     int wrote_text;
     int write_failed;
+    int tty; /* stdout is a terminal: escape control characters in the text */
 };
 
 static int on_token(const maas_token *t, void *payload)
@@ -285,7 +364,13 @@ static int on_token(const maas_token *t, void *payload)
             printf(",\"logprob\":%.9g", t->logprob);
         printf(",\"special\":%s}\n", t->special ? "true" : "false");
     } else if (!t->special) {
-        fwrite(t->text, 1, t->text_len, stdout);
+        /* The text is the user's content, byte for byte, in a pipe or a file;
+         * a terminal would obey the escape sequences a prompt can coax out of
+         * a model, so there they are shown, not run. */
+        if (g->tty)
+            put_safe(stdout, t->text, t->text_len, 1);
+        else
+            fwrite(t->text, 1, t->text_len, stdout);
         g->wrote_text = 1;
     }
     /* Flush once per network read, not per token (stdout is fully buffered:
@@ -338,13 +423,16 @@ static void print_details(FILE *f, const maas_details *d, int json)
             fprintf(f, ",\"retry_after\":%.3f", d->retry_after);
         fputs("}\n", f);
     } else {
-        fprintf(f, "finish_reason: %s\ngenerated_tokens: %u\n",
-                d->finish_reason_name[0] ? d->finish_reason_name : "(none)",
-                (unsigned)d->generated_tokens);
+        fputs("finish_reason: ", f);
+        puts_safe(f, d->finish_reason_name[0] ? d->finish_reason_name : "(none)");
+        fprintf(f, "\ngenerated_tokens: %u\n", (unsigned)d->generated_tokens);
         if (d->has_seed)
             fprintf(f, "seed: %llu\n", (unsigned long long)d->seed);
-        if (d->request_id[0])
-            fprintf(f, "request_id: %s\n", d->request_id);
+        if (d->request_id[0]) {
+            fputs("request_id: ", f);
+            puts_safe(f, d->request_id);
+            fputc('\n', f);
+        }
         if (d->time_to_first_token >= 0)
             fprintf(f, "time_to_first_token: %.3f s\n", d->time_to_first_token);
         fprintf(f, "total_time: %.3f s\ntokens_per_second: %.1f\n", d->total_time,
@@ -354,26 +442,65 @@ static void print_details(FILE *f, const maas_details *d, int json)
     }
 }
 
-static char *read_stdin(void)
+/* The service's cap on a request body: a longer prompt cannot be sent. */
+#define PROMPT_MAX (16u * 1024u * 1024u)
+
+/* Free a copy of the prompt, wiped first: it may be as private as a secret. */
+static void free_prompt(char *p)
+{
+    if (p) {
+        volatile char *v = p;
+        while (*v)
+            *v++ = 0;
+        free(p);
+    }
+}
+
+/*
+ * The prompt from stdin, at most PROMPT_MAX bytes; NULL with a usage message
+ * printed for a NUL byte (C strings would cut the prompt there) or a prompt
+ * over the cap, and *io_error set for a read error or out of memory.
+ */
+static char *read_stdin(int *io_error)
 {
     size_t cap = 4096, len = 0, n;
-    char *buf = malloc(cap), *b;
+    char *buf = malloc(cap), *b, *nul;
+    *io_error = 1;
     if (!buf)
         return NULL;
     while ((n = fread(buf + len, 1, cap - len - 1, stdin)) > 0) {
         len += n;
+        if (len > PROMPT_MAX) {
+            /* Stop reading: a larger prompt is refused whatever follows. */
+            buf[len] = '\0';
+            free_prompt(buf);
+            *io_error = 0;
+            fprintf(stderr, "maas: usage: the prompt on stdin is larger than the service's "
+                            "limit of 16 MiB (%u bytes)\n", PROMPT_MAX);
+            return NULL;
+        }
         if (cap - len - 1 == 0) {
             b = realloc(buf, cap * 2);
             if (!b) {
-                free(buf);
+                buf[len] = '\0';
+                free_prompt(buf);
                 return NULL;
             }
             buf = b;
             cap *= 2;
         }
     }
+    buf[len] = '\0';
     if (ferror(stdin)) {
+        free_prompt(buf);
+        return NULL;
+    }
+    if ((nul = memchr(buf, '\0', len)) != NULL) {
+        fprintf(stderr, "maas: usage: the prompt on stdin contains a NUL byte (at byte %zu)\n",
+                (size_t)(nul - buf));
+        memset(buf, 0, len);
         free(buf);
+        *io_error = 0;
         return NULL;
     }
     /* "echo prompt | maas generate -" should not send echo's newline. */
@@ -381,6 +508,15 @@ static char *read_stdin(void)
         len--;
     buf[len] = '\0';
     return buf;
+}
+
+/* Characters (code points) in a UTF-8 string: what the service's 2-character minimum counts. */
+static size_t count_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
 }
 
 /* SIGINT/SIGTERM cancel the running stream from a thread of their own. */
@@ -409,7 +545,7 @@ static int cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *prompt_arg = NULL;
     double max_tokens = 0, temperature = 0.7, idle = -1, timeout = -1, connect = -1, retries = -1;
-    struct gen_state g = { 0, 0, 0 };
+    struct gen_state g = { 0, 0, 0, 0 };
     int details = 0, i, rc = EXIT_OK;
     maas_client *c = NULL;
     maas_model_list *list = NULL;
@@ -443,10 +579,12 @@ static int cmd_generate(int argc, char **argv)
             if (parse_number(a, v, 1, 2047, &max_tokens) || max_tokens != floor(max_tokens))
                 return EXIT_USAGE;
         } else if (!strcmp(a, "--temperature")) {
-            if (parse_number(a, v, 0, 1, &temperature))
-                return EXIT_USAGE;
-            if (temperature >= 1) {
-                fprintf(stderr, "maas: usage: --temperature must be below 1, got '%s'\n", v);
+            char *end;
+            errno = 0;
+            temperature = strtod(v, &end);
+            if (errno || end == v || *end || !(temperature >= 0 && temperature < 1)) {
+                fprintf(stderr, "maas: usage: --temperature needs a number with 0 <= T < 1, "
+                                "got '%s'\n", v);
                 return EXIT_USAGE;
             }
         } else if (!strcmp(a, "--idle-timeout")) {
@@ -484,7 +622,10 @@ static int cmd_generate(int argc, char **argv)
         return EXIT_USAGE;
     }
     if (!strcmp(prompt_arg, "-")) {
-        prompt = read_stdin();
+        int io_error;
+        prompt = read_stdin(&io_error);
+        if (!prompt && !io_error)
+            return EXIT_USAGE;
         if (!prompt) {
             fprintf(stderr, "maas: configuration error: could not read the prompt from stdin\n");
             return EXIT_CONFIG;
@@ -492,6 +633,14 @@ static int cmd_generate(int argc, char **argv)
     } else if (!(prompt = strdup(prompt_arg))) {
         return report(MAAS_ERR_NO_MEMORY, NULL);
     }
+    /* The service's own rule, checked before any token or catalogue request. */
+    if (count_chars(prompt) < 2) {
+        fprintf(stderr, "maas: usage: the prompt must be at least 2 characters, got %zu\n",
+                count_chars(prompt));
+        free_prompt(prompt);
+        return EXIT_USAGE;
+    }
+    g.tty = isatty(STDOUT_FILENO);
 
     st = make_client(&c, connect > 0 ? to_ms(connect) : 0,
                      idle < 0 ? 0 : idle == 0 ? -1 : to_ms(idle),
@@ -577,8 +726,21 @@ out:
     maas_stream_free(s);
     maas_model_list_free(list);
     maas_client_free(c);
-    free(prompt);
+    free_prompt(prompt);
     return rc;
+}
+
+/*
+ * No core dump and no ptrace attach by other users: a dump would hold the
+ * client secret, the token and the prompt (docs/security.md).
+ */
+static void no_core_dumps(void)
+{
+    struct rlimit rl = { 0, 0 };
+    setrlimit(RLIMIT_CORE, &rl);
+#ifdef __linux__
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+#endif
 }
 
 int main(int argc, char **argv)
@@ -586,6 +748,7 @@ int main(int argc, char **argv)
     static sigset_t set;
     pthread_t tid;
 
+    no_core_dumps();
     if (argc < 2) {
         fputs("maas: usage: a command is needed: models or generate (try maas --help)\n", stderr);
         return EXIT_USAGE;

@@ -93,11 +93,36 @@ void maas_auth_cleanup(maas_auth *a)
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/* "Authorization: Basic base64(id:secret)"; wiped by the caller. */
+/* s form-urlencoded (the HTML byte serializer) into out; returns the length. */
+static size_t form_encode(unsigned char *out, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            c == '*' || c == '-' || c == '.' || c == '_') {
+            out[o++] = c;
+        } else if (c == ' ') {
+            out[o++] = '+';
+        } else {
+            out[o++] = '%';
+            out[o++] = (unsigned char)hex[c >> 4];
+            out[o++] = (unsigned char)hex[c & 15];
+        }
+    }
+    return o;
+}
+
+/*
+ * "Authorization: Basic base64(id:secret)", id and secret form-urlencoded
+ * first (RFC 6749 section 2.3.1), so that a ':' in the id cannot move the
+ * split; wiped by the caller.
+ */
 static char *basic_header(const char *id, const char *secret)
 {
     static const char prefix[] = "Authorization: Basic ";
-    size_t il = strlen(id), sl = strlen(secret), n = il + 1 + sl;
+    size_t il = strlen(id), sl = strlen(secret), n = 3 * il + 1 + 3 * sl;
     size_t outlen = sizeof prefix - 1 + 4 * ((n + 2) / 3) + 1;
     unsigned char *plain = malloc(n);
     char *out = malloc(outlen), *o;
@@ -107,9 +132,9 @@ static char *basic_header(const char *id, const char *secret)
         free(out);
         return NULL;
     }
-    memcpy(plain, id, il);
+    il = form_encode(plain, id);
     plain[il] = ':';
-    memcpy(plain + il + 1, secret, sl);
+    n = il + 1 + form_encode(plain + il + 1, secret);
     memcpy(out, prefix, sizeof prefix - 1);
     o = out + sizeof prefix - 1;
     for (i = 0; i + 2 < n; i += 3) {
@@ -130,7 +155,7 @@ static char *basic_header(const char *id, const char *secret)
         *o++ = '=';
     }
     *o = '\0';
-    maas_wipe(plain, n);
+    maas_wipe(plain, 3 * strlen(id) + 1 + 3 * strlen(secret));
     free(plain);
     return out;
 }

@@ -1,8 +1,11 @@
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stddef.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 
 #include <curl/curl.h>
 
@@ -31,7 +34,7 @@ static size_t options_size(unsigned int version)
     case 1:
         return offsetof(maas_client_options, insecure_skip_tls_verify) + sizeof(int);
     case 2:
-        return offsetof(maas_client_options, max_text_bytes) + sizeof(size_t);
+        return offsetof(maas_client_options, allow_insecure_http) + sizeof(int);
     default:
         return 0;
     }
@@ -65,7 +68,7 @@ static const char *env(const char *name)
 
 maas_status maas_client_options_from_env(maas_client_options *opts, unsigned int version)
 {
-    /* Every field set below exists since version 1. */
+    /* Every field set below exists since version 1, but for those tested on version. */
     maas_status st = maas_client_options_init(opts, version);
     if (st != MAAS_OK)
         return st;
@@ -77,9 +80,12 @@ maas_status maas_client_options_from_env(maas_client_options *opts, unsigned int
     opts->token = env("MAAS_TOKEN");
     opts->ca_bundle = env("MAAS_CA_BUNDLE");
     opts->log_level = maas_log_level_from_env();
-    /* The proxy itself comes from HTTPS_PROXY and friends, which libcurl reads. */
-    if (version >= 2)
+    if (version >= 2) {
+        const char *v = env("MAAS_ALLOW_INSECURE_HTTP");
+        /* The proxy itself comes from HTTPS_PROXY and friends, which libcurl reads. */
         opts->proxy_ca_bundle = env("MAAS_PROXY_CA_BUNDLE");
+        opts->allow_insecure_http = v && !strcmp(v, "1");
+    }
     return MAAS_OK;
 }
 
@@ -107,15 +113,87 @@ static int url_ok(const char *u)
     return !strncmp(u, "http://", 7) || !strncmp(u, "https://", 8);
 }
 
+/* A host name as libcurl's URL parser reads it: 127.0.0.0/8, ::1 or localhost. */
+static int host_is_loopback(const char *host)
+{
+    unsigned char a4[4], a6[16];
+    char buf[64];
+    size_t n = strlen(host);
+    if (!strcasecmp(host, "localhost") || !strcasecmp(host, "localhost."))
+        return 1;
+    if (inet_pton(AF_INET, host, a4) == 1)
+        return a4[0] == 127;
+    if (n >= 2 && n < sizeof buf && host[0] == '[' && host[n - 1] == ']') {
+        memcpy(buf, host + 1, n - 2);
+        buf[n - 2] = '\0';
+        if (inet_pton(AF_INET6, buf, a6) == 1) {
+            static const unsigned char lo6[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+            static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+            return !memcmp(a6, lo6, 16) || (!memcmp(a6, v4mapped, 12) && a6[12] == 127);
+        }
+    }
+    return 0;
+}
+
+/*
+ * Credentials must not cross the network in clear text: an http:// URL is
+ * refused unless its host is loopback (where the emulator lives) or the
+ * caller opted in. The host is read by libcurl's own parser, the one that
+ * will connect, so "http://127.0.0.1.evil.example" or "http://a@127.0.0.1@b"
+ * are judged by the host libcurl would really contact.
+ */
+static maas_status check_plain_http(const char *name, const char *env_name, const char *url,
+                                    int allowed)
+{
+    CURLU *u;
+    char *host = NULL, *shown = NULL;
+    int loopback;
+    maas_status st = MAAS_OK;
+    if (!url || strncmp(url, "http://", 7) || allowed)
+        return MAAS_OK;
+    u = curl_url();
+    if (!u)
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory parsing %s", name);
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+        curl_url_cleanup(u);
+        return maas_fail(MAAS_ERR_CONFIG, "%s (%s) is not a URL libcurl can parse", name, env_name);
+    }
+    loopback = host_is_loopback(host);
+    if (!loopback) {
+        /* Name the URL without a user:password part it may carry. */
+        curl_url_set(u, CURLUPART_USER, NULL, 0);
+        curl_url_set(u, CURLUPART_PASSWORD, NULL, 0);
+        if (curl_url_get(u, CURLUPART_URL, &shown, 0) != CURLUE_OK)
+            shown = NULL;
+        st = maas_fail(MAAS_ERR_CONFIG,
+                       "%s %s is plain HTTP to a host that is not loopback: the credentials "
+                       "and tokens would cross the network in clear text. Use https://, or "
+                       "set allow_insecure_http (MAAS_ALLOW_INSECURE_HTTP=1) to accept the risk",
+                       name, shown ? shown : "(unprintable)");
+    }
+    curl_free(shown);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return st;
+}
+
 static maas_status check_string(const char *name, const char *v, maas_error_rec *err)
 {
-    const unsigned char *p;
+    size_t i, n, k;
     if (!v)
         return MAAS_OK;
-    for (p = (const unsigned char *)v; *p; p++)
-        if (*p < 0x20 || *p == 0x7f)
+    n = strlen(v);
+    for (i = 0; i < n; i += k) {
+        unsigned char ch = (unsigned char)v[i];
+        if (ch < 0x20 || ch == 0x7f)
             return maas_error_set(err, MAAS_ERR_CONFIG,
                                   "%s contains a control character", name);
+        k = maas_utf8_char_len(v + i, n - i);
+        if (!k) /* it would be sent in JSON, which must be UTF-8 */
+            return maas_error_set(err, MAAS_ERR_CONFIG,
+                                  "%s is not valid UTF-8 (byte %zu)", name, i);
+    }
     return MAAS_OK;
 }
 
@@ -191,6 +269,12 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *caller
         return maas_fail(MAAS_ERR_CONFIG, "api_base_url must start with http:// or https://");
     if (opts->auth_url && !url_ok(opts->auth_url))
         return maas_fail(MAAS_ERR_CONFIG, "auth_url must start with http:// or https://");
+    if ((st = check_plain_http("api_base_url", "MAAS_API_BASE_URL", opts->api_base_url,
+                               opts->allow_insecure_http)) != MAAS_OK ||
+        (!opts->token &&
+         (st = check_plain_http("auth_url", "MAAS_AUTH_URL", opts->auth_url,
+                                opts->allow_insecure_http)) != MAAS_OK))
+        return st;
     if (opts->max_retries < MAAS_RETRIES_OFF)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "max_retries must be >= -1, got %d",
                          opts->max_retries);

@@ -105,8 +105,10 @@ maas_status maas_error_vset(maas_error_rec *e, maas_status st, const char *fmt, 
         n = 0;
     if ((size_t)n >= sizeof tmp)
         n = (int)sizeof tmp - 1;
-    /* The formatted text may have been cut mid-sequence: cut on a boundary. */
-    maas_copy_text(e->message, sizeof e->message, tmp, (size_t)n);
+    /* Every message may carry network text (a server's message, a stream's
+     * error line): escape it here, the one way into a record, so that it
+     * can reach a terminal or a log line without acting on either. */
+    maas_copy_printable(e->message, sizeof e->message, tmp, (size_t)n);
     e->pub.status = st;
     e->pub.message = e->message;
     e->pub.request_id = e->request_id;
@@ -125,7 +127,7 @@ maas_status maas_error_set(maas_error_rec *e, maas_status st, const char *fmt, .
 void maas_error_set_request_id(maas_error_rec *e, const char *id)
 {
     if (id && *id)
-        maas_copy_text(e->request_id, sizeof e->request_id, id, strlen(id));
+        maas_copy_printable(e->request_id, sizeof e->request_id, id, strlen(id));
 }
 
 void maas_error_copy(maas_error_rec *dst, const maas_error_rec *src)

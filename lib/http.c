@@ -152,9 +152,15 @@ maas_status maas_http_setup(maas_client *c, CURL *easy, char *errbuf, maas_error
 #endif
     SET(CURLOPT_SSL_VERIFYPEER, c->insecure ? 0L : 1L);
     SET(CURLOPT_SSL_VERIFYHOST, c->insecure ? 0L : 2L);
+    /* TLS 1.2 at least, whatever the system's OpenSSL policy would allow. */
+    SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     if (c->ca_bundle) {
+        /* Exactly this bundle: libcurl's built-in CA directory would add the
+         * system's CAs to it. */
         SET(CURLOPT_CAINFO, c->ca_bundle);
+        SET(CURLOPT_CAPATH, (char *)NULL);
         SET(CURLOPT_PROXY_CAINFO, c->ca_bundle);
+        SET(CURLOPT_PROXY_CAPATH, (char *)NULL);
     }
     /* Proxies (docs/configuration.md): always a CONNECT tunnel, so that a
      * proxy never receives a request (and its token) it could read, and the
@@ -717,9 +723,20 @@ maas_status maas_http_curl_error(const maas_xfer *x, CURLcode rc, maas_error_rec
     case CURLE_SSL_INVALIDCERTSTATUS:
         st = MAAS_ERR_TLS;
         break;
-    case CURLE_OUT_OF_MEMORY:
+    case CURLE_OUT_OF_MEMORY: {
+        /* libcurl before 8.6 says "out of memory", without a word more, of one
+         * response header over its 100 KiB cap: once a status line has
+         * arrived, a broken server is far likelier than a lack of memory. */
+        long code = 0;
+        if (strstr(detail, "header") ||
+            (x->easy && curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code) == CURLE_OK &&
+             code > 0))
+            return maas_error_set(err, MAAS_ERR_PROTOCOL,
+                                  "a response header is over libcurl's 100 KiB limit (or memory "
+                                  "ran out while reading the headers: %s)", detail);
         st = MAAS_ERR_NO_MEMORY;
         break;
+    }
     case CURLE_URL_MALFORMAT:
         st = MAAS_ERR_CONFIG;
         break;
@@ -744,6 +761,21 @@ maas_status maas_http_curl_error(const maas_xfer *x, CURLcode rc, maas_error_rec
             return maas_error_set(err, MAAS_ERR_PROTOCOL, "%s", detail);
         st = MAAS_ERR_NETWORK;
         break;
+    }
+    if (st == MAAS_ERR_CONNECT || st == MAAS_ERR_CONNECT_TIMEOUT || st == MAAS_ERR_TLS) {
+        /* Which of the two configured URLs is wrong: the only question a
+         * connect failure raises. */
+        char *url = NULL;
+        const maas_client *c = x->client;
+        int token = c && x->easy &&
+                    curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url) == CURLE_OK && url &&
+                    c->auth_url && !strcmp(url, c->auth_url);
+        /* OpenSSL's words for a server that answered in plain text. */
+        const char *hint = st == MAAS_ERR_TLS && strstr(detail, "wrong version number")
+                               ? " (the server answered without TLS: is that port a "
+                                 "plain-HTTP one, or the wrong port?)"
+                               : "";
+        return maas_error_set(err, st, "%s: %s%s", token ? "token endpoint" : "API", detail, hint);
     }
     return maas_error_set(err, st, "%s", detail);
 }

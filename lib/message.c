@@ -497,6 +497,63 @@ void maas_printable(char *s)
     }
 }
 
+size_t maas_copy_printable(char *dst, size_t dstlen, const char *src, size_t srclen)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i = 0, o = 0;
+
+    if (dst == NULL || dstlen == 0)
+        return 0;
+    if (src == NULL)
+        srclen = 0;
+    while (i < srclen) {
+        unsigned char c = (unsigned char)src[i];
+        char esc[8];
+        size_t k, e = 0;
+        if (c >= 0x20 && c < 0x7F) {
+            k = 1;
+        } else if (c >= 0x80 && (k = maas_utf8_char_len(src + i, srclen - i)) != 0 &&
+                   !(c == 0xC2 && (unsigned char)src[i + 1] < 0xA0)) {
+            /* well-formed UTF-8 and not a C1 control (U+0080..U+009F: some
+               terminals act on U+009B as on ESC [) */
+        } else {
+            esc[e++] = '\\';
+            if (c == '\n' || c == '\r' || c == '\t') {
+                esc[e++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+                k = 1;
+            } else if (c == 0xC2 && i + 1 < srclen &&
+                       (unsigned char)src[i + 1] >= 0x80 && (unsigned char)src[i + 1] < 0xA0) {
+                unsigned char c1 = (unsigned char)src[i + 1];
+                memcpy(esc + e, "u00", 3);
+                e += 3;
+                esc[e++] = hex[c1 >> 4];
+                esc[e++] = hex[c1 & 15];
+                k = 2;
+            } else {
+                esc[e++] = 'x';
+                esc[e++] = hex[c >> 4];
+                esc[e++] = hex[c & 15];
+                k = 1;
+            }
+        }
+        /* Never cut a character or an escape in two. */
+        if (e == 0) {
+            if (o + k >= dstlen)
+                break;
+            memcpy(dst + o, src + i, k);
+            o += k;
+        } else {
+            if (o + e >= dstlen)
+                break;
+            memcpy(dst + o, esc, e);
+            o += e;
+        }
+        i += k;
+    }
+    dst[o] = '\0';
+    return o;
+}
+
 void maas_copy_text(char *dst, size_t dstlen, const char *src, size_t srclen)
 {
     size_t n, i, k = 0;

@@ -79,6 +79,18 @@ void maas_copy_text(char *dst, size_t dstlen, const char *src, size_t srclen);
  */
 size_t maas_utf8_char_len(const char *s, size_t n);
 
+/*
+ * The one gate for text that came from the network (server messages, OAuth2
+ * error descriptions, request ids, stream error lines) on its way into an
+ * error record or a log line: copies src into dst (size dstlen >= 1) with
+ * every control character escaped (\n, \r, \t, \xHH; the C1 controls
+ * U+0080..U+009F as \u00HH) and every byte that is not well-formed UTF-8 as
+ * \xHH, so that no escape sequence reaches a terminal and no newline forges
+ * a log line. Cut at dstlen - 1 bytes, never inside a character or an
+ * escape; always NUL-terminates. Returns the length written.
+ */
+size_t maas_copy_printable(char *dst, size_t dstlen, const char *src, size_t srclen);
+
 /* Make s safe to print: bytes that are not printable ASCII or part of a
  * well-formed UTF-8 sequence become '?' (jansson quotes raw input in its errors). */
 void maas_printable(char *s);

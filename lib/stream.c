@@ -125,6 +125,9 @@ static const maas_model *resolve_model(maas_client *c, const maas_request *r, ma
     return m;
 }
 
+/* The service's cap on a request body. */
+#define MAAS_MAX_BODY_BYTES (16u * 1024u * 1024u)
+
 static maas_status build_body(maas_stream *s, const maas_request *r, const maas_model *m,
                               maas_error_rec *err)
 {
@@ -164,8 +167,12 @@ static maas_status build_body(maas_stream *s, const maas_request *r, const maas_
     s->body = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
     if (!s->body)
         st = maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory building the request");
-    else
-        s->body_len = strlen(s->body);
+    else if ((s->body_len = strlen(s->body)) > MAAS_MAX_BODY_BYTES)
+        /* The service refuses it anyway, after the whole upload. */
+        st = maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
+                            "the request would be %zu bytes, over the service's limit of "
+                            "16 MiB (%u bytes): shorten the prompt",
+                            s->body_len, (unsigned)MAAS_MAX_BODY_BYTES);
 out:
     json_decref(params);
     json_decref(req);

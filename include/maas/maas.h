@@ -178,7 +178,9 @@ typedef struct maas_client_options {
     const char *api_base_url;    /**< NULL: MAAS_DEFAULT_API_BASE_URL */
     const char *auth_url;        /**< NULL: MAAS_DEFAULT_AUTH_URL */
     const char *token;           /**< a bearer token used as is, no token endpoint */
-    const char *ca_bundle;       /**< PEM file of CAs to trust; NULL: the system store */
+    const char *ca_bundle;       /**< PEM file of the only CAs trusted (the system store and
+                                      libcurl's CA directory are then not used); NULL: the
+                                      system store */
     long connect_timeout_ms;     /**< 0: MAAS_DEFAULT_CONNECT_TIMEOUT_MS */
     long idle_timeout_ms;        /**< longest gap between messages; 0: default; <0: none */
     long deadline_ms;            /**< whole-request limit; 0 or <0: none. A generation sends
@@ -211,6 +213,12 @@ typedef struct maas_client_options {
                                       than deadline_ms */
     size_t max_text_bytes;       /**< most text maas_generate_text() collects; 0:
                                       MAAS_DEFAULT_MAX_TEXT_BYTES */
+    int allow_insecure_http;       /**< nonzero accepts an http:// api_base_url or auth_url
+                                        to a host that is not loopback (127.0.0.0/8, ::1,
+                                        localhost). INSECURE: the client secret and the
+                                        tokens then cross the network in clear text. 0
+                                        (default): such a URL fails with MAAS_ERR_CONFIG.
+                                        From the environment: MAAS_ALLOW_INSECURE_HTTP=1 */
 } maas_client_options;
 
 /**
@@ -220,7 +228,7 @@ typedef struct maas_client_options {
 #define MAAS_CLIENT_OPTIONS_INIT                                               \
     { MAAS_CLIENT_OPTIONS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL,  \
       0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0,   \
-      NULL, NULL, 0L, 0L, 0u }
+      NULL, NULL, 0L, 0L, 0u, 0 }
 
 /**
  * Zero `opts` and set its version. Returns MAAS_ERR_OPTIONS_VERSION for a
@@ -231,11 +239,14 @@ MAAS_EXPORT maas_status maas_client_options_init(maas_client_options *opts, unsi
 /**
  * Create a client. `opts` NULL reads everything from the environment
  * (MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT, MAAS_API_BASE_URL,
- * MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_PROXY_CA_BUNDLE, MAAS_LOG).
- * With `opts`, the environment is not read except MAAS_LOG when
- * opts->log_level is 0, and the standard proxy variables (HTTPS_PROXY,
- * https_proxy, NO_PROXY, no_proxy, ...), which libcurl reads when
- * opts->proxy is NULL (docs/configuration.md, "Proxies").
+ * MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_PROXY_CA_BUNDLE,
+ * MAAS_ALLOW_INSECURE_HTTP, MAAS_LOG). MAAS_ERR_CONFIG for missing
+ * credentials, a string with a control character or invalid UTF-8, a URL
+ * that is not http(s), and an http:// URL to a host that is not loopback
+ * unless allow_insecure_http is set. With `opts`, the environment is not
+ * read except MAAS_LOG when opts->log_level is 0, and the standard proxy
+ * variables (HTTPS_PROXY, https_proxy, NO_PROXY, no_proxy, ...), which
+ * libcurl reads when opts->proxy is NULL (docs/configuration.md, "Proxies").
  * No network traffic happens here.
  */
 MAAS_EXPORT maas_status maas_client_new(maas_client **out, const maas_client_options *opts);

@@ -242,6 +242,8 @@ static bool same(const char *a, size_t an, const char *b)
     return diff == 0;
 }
 
+static bool form_decode(const char *s, size_t n, char *out, size_t outlen);
+
 bool basic_auth_matches(const char *authorization, const char *id, const char *secret)
 {
     if (!authorization)
@@ -264,9 +266,15 @@ bool basic_auth_matches(const char *authorization, const char *id, const char *s
     const unsigned char *colon = memchr(buf, ':', len);
     if (!colon)
         return false;
+    /* RFC 6749 section 2.3.1: both halves are form-urlencoded, so the first
+     * ':' is the split and a ':' in the id arrives as %3A. */
     size_t idlen = (size_t)(colon - buf);
-    bool ok_id = same((const char *)buf, idlen, id);
-    bool ok_secret = same((const char *)colon + 1, len - idlen - 1, secret);
+    char did[1024], dsecret[1024];
+    if (!form_decode((const char *)buf, idlen, did, sizeof did) ||
+        !form_decode((const char *)colon + 1, len - idlen - 1, dsecret, sizeof dsecret))
+        return false;
+    bool ok_id = same(did, strlen(did), id);
+    bool ok_secret = same(dsecret, strlen(dsecret), secret);
     return ok_id && ok_secret;
 }
 

@@ -34,6 +34,7 @@ static const char usage[] =
     "                     [--token-delay-ms N] [--token-interval-ms N] [--fault SPEC]...\n"
     "                     [--random-fault PERCENT:SPEC[+SPEC...]]... [--random-seed N]\n"
     "                     [--tls-cert PEM --tls-key PEM] [--quiet] [--help] [--version]\n"
+    "                     [--allow-non-loopback]\n"
     "\n"
     "A local server for the Intel Tiber AI Cloud MaaS API: POST /oauth2/token,\n"
     "GET /v1/maas/models, POST /v1/maas/generatestream, and /emulator/ control\n"
@@ -54,6 +55,8 @@ static const char usage[] =
     "  --random-seed N          seed of those draws (default: from the clock)\n"
     "  --tls-cert PEM, --tls-key PEM   serve HTTPS with this certificate and key\n"
     "  --quiet                  no per-request log lines on stderr\n"
+    "  --allow-non-loopback     listen on an address that is not loopback. Unsafe: the\n"
+    "                           /emulator/ control endpoints have no authentication\n"
     "\n"
     "Faults, directives ([[fault:NAME=VALUE]] in a prompt) and control endpoints:\n"
     "see docs/emulator.md or man maas-emulator.\n";
@@ -179,7 +182,19 @@ static bool resolve_host(const char *host, struct sockaddr_storage *ss, socklen_
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_ID, OPT_SECRET, OPT_ACCOUNT, OPT_LIFETIME, OPT_TOKEN_DELAY,
     OPT_INTERVAL, OPT_FAULT, OPT_RANDOM_FAULT, OPT_RANDOM_SEED, OPT_CERT, OPT_KEY, OPT_QUIET, OPT_HELP, OPT_VERSION,
+    OPT_ALLOW_REMOTE,
 };
+
+static bool g_allow_remote;
+
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss->ss_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+    return false;
+}
 
 static void parse_args(int argc, char **argv)
 {
@@ -200,6 +215,7 @@ static void parse_args(int argc, char **argv)
         {"quiet", no_argument, NULL, OPT_QUIET},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
+        {"allow-non-loopback", no_argument, NULL, OPT_ALLOW_REMOTE},
         {NULL, 0, NULL, 0},
     };
     const char *cert = NULL, *key = NULL;
@@ -217,8 +233,8 @@ static void parse_args(int argc, char **argv)
             g_cfg.port = (unsigned)num_arg("--port", optarg, 0, 65535);
             break;
         case OPT_ID:
-            if (!optarg[0] || strchr(optarg, ':'))
-                die_usage("--client-id must be non-empty and without ':' (got \"%s\")", optarg);
+            if (!optarg[0])
+                die_usage("--client-id must not be empty");
             g_cfg.client_id = optarg;
             break;
         case OPT_SECRET:
@@ -259,6 +275,9 @@ static void parse_args(int argc, char **argv)
             break;
         case OPT_QUIET:
             g_quiet = true;
+            break;
+        case OPT_ALLOW_REMOTE:
+            g_allow_remote = true;
             break;
         case OPT_HELP:
             fputs(usage, stdout);
@@ -303,6 +322,14 @@ int main(int argc, char **argv)
     bool v6;
     if (!resolve_host(g_cfg.host, &addr, &addrlen, &v6)) {
         fprintf(stderr, "maas-emulator: --host \"%s\" is not an address\n", g_cfg.host);
+        return 2;
+    }
+    if (!is_loopback(&addr) && !g_allow_remote) {
+        fprintf(stderr,
+                "maas-emulator: --host %s is not a loopback address: anyone who can reach it "
+                "could use the unauthenticated /emulator/ control endpoints; pass "
+                "--allow-non-loopback to listen there anyway\n",
+                g_cfg.host);
         return 2;
     }
 

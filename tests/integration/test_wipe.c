@@ -23,6 +23,7 @@ static const char *const needles[] = {
     "test-secret",
     "dGVzdC1jbGllbnQ6dGVzdC1zZWNyZXQ", /* base64("test-client:test-secret") */
     "eyJhbGciOiJSUzI1NiIs",            /* the header part of every emulator token */
+    "private-prompt-7f3a",             /* the prompt of test_prompt_wiped_before_free */
 };
 static int dirty_frees;
 static int scanning;
@@ -84,6 +85,37 @@ static void test_secrets_wiped_before_free(void **state)
     assert_int_equal(dirty_frees, 0);
 }
 
+/* The copies of a prompt the library owns (the request body) are wiped too;
+ * jansson's and libcurl's own buffers are not ours to wipe (docs/security.md). */
+static void test_prompt_wiped_before_free(void **state)
+{
+    maas_client_options o;
+    maas_client *c;
+    maas_request r = MAAS_REQUEST_INIT;
+    maas_stream *s = NULL;
+    (void)state;
+
+    dirty_frees = 0;
+    emu_options(&E, &o);
+    o.max_retries = MAAS_RETRIES_OFF;
+    assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    scanning = 1;
+    r.model = "mistralai/Mistral-7B-Instruct-v0.1";
+    r.prompt = "Tell me a joke, private-prompt-7f3a";
+    r.max_new_tokens = 5;
+    assert_int_equal(maas_generate(c, &r, on_token, NULL, NULL), MAAS_OK);
+    /* A failed attempt, and a stream freed before it ran. */
+    r.prompt = "Tell me [[fault:status=503]] private-prompt-7f3a";
+    assert_int_not_equal(maas_generate(c, &r, on_token, NULL, NULL), MAAS_OK);
+    r.prompt = "Tell me a joke, private-prompt-7f3a";
+    assert_int_equal(maas_stream_open(&s, c, &r), MAAS_OK);
+    maas_stream_free(s);
+    scanning = 0;
+    maas_client_free(c);
+    assert_int_equal(dirty_frees, 0);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -100,6 +132,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_secrets_wiped_before_free),
+        cmocka_unit_test(test_prompt_wiped_before_free),
     };
     /* valgrind reports the scan's reads of never-written bytes; ASan and the
      * normal build run it. */
