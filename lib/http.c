@@ -174,7 +174,7 @@ maas_status maas_http_setup(maas_client *c, CURL *easy, char *errbuf, maas_error
     }
     if (c->proxy_ca_bundle) {
         SET(CURLOPT_PROXY_CAINFO, c->proxy_ca_bundle);
-        SET(CURLOPT_PROXY_CAPATH, NULL); /* exactly that bundle, not the system's too */
+        SET(CURLOPT_PROXY_CAPATH, (char *)NULL); /* exactly that bundle, not the system's too */
     }
     SET(CURLOPT_ERRORBUFFER, errbuf);
 #undef SET
