@@ -32,6 +32,8 @@ static const char usage[] =
     "usage: maas-emulator [--host ADDR] [--port N] [--client-id ID] [--client-secret S]\n"
     "                     [--cloud-account ACC] [--token-lifetime SECONDS]\n"
     "                     [--token-delay-ms N] [--token-interval-ms N] [--fault SPEC]...\n"
+    "                     [--token-expires-in X] [--token-fail-after K]\n"
+    "                     [--random-faults SEED[:PERCENT]]\n"
     "                     [--tls-cert PEM --tls-key PEM] [--quiet] [--help] [--version]\n"
     "\n"
     "A local server for the Intel Tiber AI Cloud MaaS API: POST /oauth2/token,\n"
@@ -48,6 +50,11 @@ static const char usage[] =
     "  --token-delay-ms N       pause before the token endpoint answers (default 0)\n"
     "  --token-interval-ms N    pause between streamed tokens (default 0)\n"
     "  --fault SPEC             a fault for every generation, e.g. split, delay=50\n"
+    "  --token-expires-in X     expires_in sent with tokens (any positive number, 1e-9\n"
+    "                           included); they stay valid for --token-lifetime\n"
+    "  --token-fail-after K     after K tokens issued, the token endpoint answers 503\n"
+    "  --random-faults SEED[:PERCENT]  a random fault for PERCENT (default 30) of the\n"
+    "                           token and generation requests, chosen from SEED\n"
     "  --tls-cert PEM, --tls-key PEM   serve HTTPS with this certificate and key\n"
     "  --quiet                  no per-request log lines on stderr\n"
     "\n"
@@ -175,7 +182,38 @@ static bool resolve_host(const char *host, struct sockaddr_storage *ss, socklen_
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_ID, OPT_SECRET, OPT_ACCOUNT, OPT_LIFETIME, OPT_TOKEN_DELAY,
     OPT_INTERVAL, OPT_FAULT, OPT_CERT, OPT_KEY, OPT_QUIET, OPT_HELP, OPT_VERSION,
+    OPT_EXPIRES_IN, OPT_FAIL_AFTER, OPT_RANDOM,
 };
+
+/* The token endpoint's and the random faults' options (chaos.c); false: not one. */
+static bool chaos_option(int c, const char *arg)
+{
+    char *end;
+    switch (c) {
+    case OPT_EXPIRES_IN:
+        g_cfg.token_expires_in = strtod(arg, &end);
+        if (end == arg || *end || !(g_cfg.token_expires_in > 0 && g_cfg.token_expires_in < 1e12))
+            die_usage("--token-expires-in must be a positive number (got \"%s\")", arg);
+        return true;
+    case OPT_FAIL_AFTER:
+        g_cfg.token_fail_after = num_arg("--token-fail-after", arg, 0, 1000000000L);
+        return true;
+    case OPT_RANDOM: {
+        unsigned long long seed = strtoull(arg, &end, 10);
+        long pct = 30;
+        if (end == arg || (*end && *end != ':'))
+            die_usage("--random-faults wants SEED[:PERCENT] (got \"%s\")", arg);
+        if (*end == ':')
+            pct = num_arg("--random-faults PERCENT", end + 1, 0, 100);
+        g_cfg.random_faults = true;
+        g_cfg.random_seed = seed;
+        g_cfg.random_percent = pct;
+        return true;
+    }
+    default:
+        return false;
+    }
+}
 
 static void parse_args(int argc, char **argv)
 {
@@ -194,6 +232,9 @@ static void parse_args(int argc, char **argv)
         {"quiet", no_argument, NULL, OPT_QUIET},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
+        {"token-expires-in", required_argument, NULL, OPT_EXPIRES_IN},
+        {"token-fail-after", required_argument, NULL, OPT_FAIL_AFTER},
+        {"random-faults", required_argument, NULL, OPT_RANDOM},
         {NULL, 0, NULL, 0},
     };
     const char *cert = NULL, *key = NULL;
@@ -203,6 +244,8 @@ static void parse_args(int argc, char **argv)
         if (c == -1)
             break;
         char err[200];
+        if (chaos_option(c, optarg))
+            continue;
         switch (c) {
         case OPT_HOST:
             g_cfg.host = optarg;
@@ -281,6 +324,8 @@ int main(int argc, char **argv)
     g_cfg.client_secret = "test-secret";
     g_cfg.cloud_account = "123456789012";
     g_cfg.token_lifetime_s = 3600;
+    g_cfg.token_expires_in = -1;
+    g_cfg.token_fail_after = -1;
     faults_init(&g_cfg.cli_faults);
     parse_args(argc, argv);
 

@@ -456,6 +456,8 @@ static bool str_is(const struct str *s, const char *want)
 /* endpoints                                                           */
 /* ------------------------------------------------------------------ */
 
+static const char *friendly(int status);
+
 static enum MHD_Result handle_token(struct request *rq)
 {
     const char *authz =
@@ -485,12 +487,14 @@ static enum MHD_Result handle_token(struct request *rq)
                                 "error_description", "grant_type must be client_credentials");
         return send_json(rq, 400, doc, NULL);
     }
-    char *token = token_issue(rq->f.expire_token ? 0 : g_cfg.token_lifetime_s);
+    if (chaos_token_refused())
+        return send_error(rq, 503, friendly(503), SHAPE_AUTO, true, NULL);
+    char *token = token_issue(rq->f.expire_token ? 0 : chaos_token_lifetime(rq));
     if (!token)
         return MHD_NO;
     atomic_fetch_add(&g_stats.tokens_issued, 1);
-    json_t *doc = json_pack("{s:s, s:I, s:s}", "access_token", token, "expires_in",
-                            (json_int_t)g_cfg.token_lifetime_s, "token_type", "Bearer");
+    json_t *doc = json_pack("{s:s, s:o, s:s}", "access_token", token, "expires_in",
+                            chaos_expires_in(rq), "token_type", "Bearer");
     free(token);
     static const char *const headers[] = {"Cache-Control", "no-store", "Pragma", "no-cache", NULL};
     return send_json(rq, 200, doc, headers);
@@ -598,10 +602,11 @@ static void record_user_agent(struct MHD_Connection *conn)
 static json_t *stats_json(void)
 {
     char ua[sizeof last_user_agent];
+    json_t *doc;
     pthread_mutex_lock(&ua_lock);
     memcpy(ua, last_user_agent, sizeof ua);
     pthread_mutex_unlock(&ua_lock);
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
+    doc = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
                      "token_requests", (json_int_t)atomic_load(&g_stats.token_requests),
                      "tokens_issued", (json_int_t)atomic_load(&g_stats.tokens_issued),
                      "models_requests", (json_int_t)atomic_load(&g_stats.models_requests),
@@ -612,6 +617,10 @@ static json_t *stats_json(void)
                      "connections_open", (json_int_t)atomic_load(&g_stats.connections_open),
                      "streams_active", (json_int_t)atomic_load(&g_stats.streams_active),
                      "last_user_agent", ua);
+    if (doc)
+        json_object_set_new(doc, "random_faults",
+                            json_integer((json_int_t)atomic_load(&g_stats.random_faults)));
+    return doc;
 }
 
 static enum route fault_path(const char *p)
@@ -729,6 +738,7 @@ static void prepare(struct request *rq)
     if (rq->route == ROUTE_GENERATE)
         faults_merge(&rq->f, &g_cfg.cli_faults);
     fault_queue_take(rq->route, &rq->f);
+    chaos_prepare(rq);
     if (rq->route == ROUTE_GENERATE && !rq->too_large) {
         rq->g.decoded = decode_body(&rq->g, rq->in.p ? rq->in.p : "", rq->in.len);
         if (rq->g.decoded && rq->g.prompt.p &&
