@@ -164,6 +164,30 @@ static void test_fetch_slower_than_lifetime(void **state)
     assert_int_equal(emu_stop(&e), 0);
 }
 
+static void test_fetch_longer_than_lifetime(void **state)
+{
+    /* The fetch outlasts the whole 1 s lifetime (counted from the request):
+     * the token it brings is still the one to use, not a reason to ask again. */
+    static const char *const args[] = { "--token-lifetime", "1", "--token-delay-ms", "1500", NULL };
+    maas_client *c;
+    struct call k;
+    pthread_t t;
+    (void)state;
+    assert_int_equal(emu_start(&e, args), 0);
+    c = client_with(&e, 0, 0, 2, NULL, NULL);
+    memset(&k, 0, sizeof k);
+    k.c = c;
+    assert_int_equal(pthread_create(&t, NULL, do_authenticate, &k), 0);
+    if (!wait_done(&k, 30000))
+        fail_msg("maas_client_authenticate did not return: %ld token requests so far",
+                 emu_stat(&e, "token_requests"));
+    pthread_join(t, NULL);
+    assert_int_equal(k.st, MAAS_OK);
+    assert_int_equal(emu_stat(&e, "token_requests"), 1);
+    maas_client_free(c);
+    assert_int_equal(emu_stop(&e), 0);
+}
+
 static void test_tiny_expires_in_has_a_floor(void **state)
 {
     /* expires_in 1e-9: taken as the 1 s floor, refreshed after 0.75 s. */
@@ -516,6 +540,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_fetch_slower_than_lifetime, stop_emulator),
+        cmocka_unit_test_teardown(test_fetch_longer_than_lifetime, stop_emulator),
         cmocka_unit_test_teardown(test_tiny_expires_in_has_a_floor, stop_emulator),
         cmocka_unit_test_teardown(test_one_token_request_per_second, stop_emulator),
         cmocka_unit_test_teardown(test_failed_refresh_serves_cached_token, stop_emulator),
