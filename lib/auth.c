@@ -1,5 +1,7 @@
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -63,9 +65,16 @@ maas_status maas_auth_init(maas_auth *a, const char *static_token)
     memset(a, 0, sizeof *a);
     if (pthread_mutex_init(&a->lock, NULL))
         return MAAS_ERR_INTERNAL;
-    if (pthread_cond_init(&a->cond, NULL)) {
-        pthread_mutex_destroy(&a->lock);
-        return MAAS_ERR_INTERNAL;
+    {
+        /* Timed waits count on the monotonic clock, as every clock here does. */
+        pthread_condattr_t ca;
+        int bad = pthread_condattr_init(&ca) || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) ||
+                  pthread_cond_init(&a->cond, &ca);
+        pthread_condattr_destroy(&ca);
+        if (bad) {
+            pthread_mutex_destroy(&a->lock);
+            return MAAS_ERR_INTERNAL;
+        }
     }
     a->now = default_now;
     maas_error_clear(&a->fetch_error);
@@ -225,6 +234,7 @@ out:
 }
 
 static maas_status fetch_token(maas_client *c, char **header, int64_t *lifetime_ms,
+                               atomic_int *cancel, int64_t deadline_at, int64_t *last_request_at,
                                maas_error_rec *err)
 {
     static const char form[] = "grant_type=client_credentials";
@@ -254,6 +264,10 @@ static maas_status fetch_token(maas_client *c, char **header, int64_t *lifetime_
     f.headers = h;
     f.max_body = TOKEN_BODY_MAX;
     f.endpoint = MAAS_EP_TOKEN;
+    f.cancel = cancel;
+    f.deadline_at = deadline_at;
+    f.min_interval_ms = MAAS_TOKEN_REQUEST_INTERVAL_MS;
+    f.last_request_at = last_request_at;
     st = maas_http_call(c, &f, 0, &r, err);
     maas_http_headers_free(h);
     if (st != MAAS_OK) {
@@ -277,50 +291,141 @@ static maas_status copy_ticket(maas_auth *a, maas_auth_ticket *out, maas_error_r
     return MAAS_OK;
 }
 
+static int is_cancelled(atomic_int *cancel)
+{
+    return cancel && atomic_load(cancel);
+}
+
+/* One wait on the cache's condition (lock held), bounded by the caller's
+ * clocks: MAAS_OK when woken or when it is time to look again. */
+static maas_status wait_locked(maas_client *c, int64_t until, atomic_int *cancel,
+                               int64_t deadline_at, maas_error_rec *err)
+{
+    int64_t now = maas_now_ms();
+    struct timespec ts;
+    if (is_cancelled(cancel))
+        return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+    if (deadline_at && now >= deadline_at)
+        return maas_error_set(err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired",
+                              c->deadline_ms);
+    if (deadline_at && (!until || deadline_at < until))
+        until = deadline_at;
+    /* maas_stream_cancel wakes the condition without the lock, so a wake-up
+     * may slip in between the check above and the wait: look again soon. */
+    if (cancel && (!until || until > now + MAAS_AUTH_CANCEL_POLL_MS))
+        until = now + MAAS_AUTH_CANCEL_POLL_MS;
+    if (!until) {
+        pthread_cond_wait(&c->auth.cond, &c->auth.lock);
+        return MAAS_OK;
+    }
+    ts.tv_sec = (time_t)(until / 1000);
+    ts.tv_nsec = (long)(until % 1000) * 1000000L;
+    pthread_cond_timedwait(&c->auth.cond, &c->auth.lock, &ts);
+    return MAAS_OK;
+}
+
+maas_status maas_auth_sleep(maas_client *c, int64_t ms, atomic_int *cancel, int64_t deadline_at,
+                            maas_error_rec *err)
+{
+    int64_t end = maas_now_ms() + ms;
+    maas_status st = MAAS_OK;
+    pthread_mutex_lock(&c->auth.lock);
+    while (st == MAAS_OK && maas_now_ms() < end)
+        st = wait_locked(c, end, cancel, deadline_at, err);
+    pthread_mutex_unlock(&c->auth.lock);
+    if (st == MAAS_OK && is_cancelled(cancel))
+        st = maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+    return st;
+}
+
+void maas_auth_wake(maas_client *c)
+{
+    /* No lock: a cancellation may come from any thread, holding any lock;
+     * a wake-up lost to the race is caught by the waiters' short timeout. */
+    pthread_cond_broadcast(&c->auth.cond);
+}
+
 maas_status maas_auth_acquire(maas_client *c, maas_auth_ticket *out, maas_error_rec *err)
+{
+    return maas_auth_acquire_for(c, out, NULL, 0, err);
+}
+
+maas_status maas_auth_acquire_for(maas_client *c, maas_auth_ticket *out, atomic_int *cancel,
+                                  int64_t deadline_at, maas_error_rec *err)
 {
     maas_auth *a = &c->auth;
     maas_status st;
+    /* A failed refresh served the cached token: logged once the lock is released. */
+    int served = 0;
+    int64_t served_left = 0, served_retry = 0;
+    char why[160];
 
     out->header = NULL;
     out->generation = 0;
     pthread_mutex_lock(&a->lock);
     for (;;) {
-        int64_t now = a->now(a->now_payload), lifetime = 0, t0, skew;
+        int64_t now = a->now(a->now_payload), lifetime = 0, t0, skew, last;
         char *header = NULL;
+        int valid;
 
         if (a->header && (a->is_static || now < a->refresh_at)) {
             st = copy_ticket(a, out, err);
             break;
         }
+        /* Inside the refresh window the old token is still good. */
+        valid = a->header && now < a->expires_at;
         if (a->fetching) {
             uint64_t seen = a->fetches_done;
-            /* Inside the refresh window the old token is still good: use it
-             * rather than wait for the thread that refreshes it. */
-            if (a->header && now < a->expires_at) {
+            /* Use it rather than wait for the thread that refreshes it. */
+            if (valid) {
                 st = copy_ticket(a, out, err);
                 break;
             }
-            while (a->fetching && a->fetches_done == seen)
-                pthread_cond_wait(&a->cond, &a->lock);
-            if (!a->header && a->fetch_error.pub.status != MAAS_OK) {
-                /* The fetch this thread waited for failed: report it rather
-                 * than hammer the token endpoint from every thread. */
+            st = MAAS_OK;
+            a->waiters++;
+            while (st == MAAS_OK && a->fetching && a->fetches_done == seen)
+                st = wait_locked(c, 0, cancel, deadline_at, err);
+            a->waiters--;
+            if (st != MAAS_OK)
+                break;
+            if (a->fetches_done != seen && !a->fetch_abandoned &&
+                a->fetch_error.pub.status != MAAS_OK) {
+                /* The fetch this thread waited for failed: its outcome is this
+                 * thread's too, rather than one more fetch per waiting thread. */
+                if (a->header && a->now(a->now_payload) < a->expires_at) {
+                    st = copy_ticket(a, out, err);
+                    break;
+                }
                 maas_error_copy(err, &a->fetch_error);
                 st = err->pub.status;
                 break;
             }
             continue;
         }
+        /* A refresh failed a moment ago, or the rate limit holds the next
+         * request back: keep serving the cached token rather than wait. */
+        if (valid && (now < a->retry_at ||
+                      maas_now_ms() < a->last_request_at + MAAS_TOKEN_REQUEST_INTERVAL_MS)) {
+            st = copy_ticket(a, out, err);
+            break;
+        }
+        if (is_cancelled(cancel)) {
+            st = maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+            break;
+        }
         if (!c->client_id || !c->client_secret) {
             st = maas_error_set(err, MAAS_ERR_CONFIG, "no credentials to fetch a token with");
             break;
         }
         a->fetching = 1;
+        last = a->last_request_at;
         pthread_mutex_unlock(&a->lock);
 
         t0 = a->now(a->now_payload);
-        st = fetch_token(c, &header, &lifetime, err);
+        st = fetch_token(c, &header, &lifetime, cancel, deadline_at, &last, err);
+        /* A server's tiny expires_in (1e-9) must not make every call a fetch. */
+        if (lifetime < MAAS_TOKEN_LIFETIME_FLOOR_MS)
+            lifetime = MAAS_TOKEN_LIFETIME_FLOOR_MS;
         /* Refresh ahead of expiry: the configured skew (5 minutes), at most a
          * quarter of the lifetime (a 2 s token is refreshed after 1.5 s). */
         skew = c->token_refresh_skew_ms;
@@ -334,6 +439,8 @@ maas_status maas_auth_acquire(maas_client *c, maas_auth_ticket *out, maas_error_
         pthread_mutex_lock(&a->lock);
         a->fetching = 0;
         a->fetches_done++;
+        a->last_request_at = last;
+        a->fetch_abandoned = 0;
         if (st == MAAS_OK) {
             maas_wipe_free(a->header);
             a->header = header;
@@ -341,15 +448,47 @@ maas_status maas_auth_acquire(maas_client *c, maas_auth_ticket *out, maas_error_
             /* Lifetimes count from before the request was sent. */
             a->refresh_at = t0 + lifetime - skew;
             a->expires_at = t0 + lifetime;
+            a->retry_at = 0;
+            a->refresh_failures = 0;
             maas_error_clear(&a->fetch_error);
-        } else {
-            maas_error_copy(&a->fetch_error, err);
+            pthread_cond_broadcast(&a->cond);
+            /* The token just fetched, even if the fetch outlasted its refresh
+             * time: asking again at once would loop for as long as it is slow. */
+            st = copy_ticket(a, out, err);
+            break;
         }
         pthread_cond_broadcast(&a->cond);
-        if (st != MAAS_OK)
+        if (st == MAAS_ERR_CANCELLED || st == MAAS_ERR_DEADLINE) {
+            /* This caller's own clocks, not the token endpoint's answer: a
+             * waiter with time left starts a fetch of its own. */
+            a->fetch_abandoned = 1;
             break;
+        }
+        maas_error_copy(&a->fetch_error, err);
+        now = a->now(a->now_payload);
+        if (a->header && now < a->expires_at) {
+            /* The refresh failed, the cached token is still valid: serve it,
+             * and try again after a back-off. */
+            unsigned n = a->refresh_failures < 15 ? a->refresh_failures : 15;
+            int64_t backoff = (int64_t)MAAS_TOKEN_REFRESH_BACKOFF_MS << n;
+            if (backoff > MAAS_TOKEN_REFRESH_BACKOFF_MAX_MS)
+                backoff = MAAS_TOKEN_REFRESH_BACKOFF_MAX_MS;
+            a->refresh_failures++;
+            a->retry_at = now + backoff;
+            served = 1;
+            served_left = a->expires_at - now;
+            served_retry = backoff;
+            snprintf(why, sizeof why, "%s: %s", maas_strerror(st), err->message);
+            maas_error_clear(err);
+            st = copy_ticket(a, out, err);
+        }
+        break;
     }
     pthread_mutex_unlock(&a->lock);
+    if (served)
+        MAAS_WARN(c, "token refresh failed (%s); using the cached token, valid for %lld ms more; "
+                     "next refresh in %lld ms", why, (long long)served_left,
+                  (long long)served_retry);
     return st;
 }
 

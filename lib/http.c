@@ -617,6 +617,8 @@ maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err)
     st = next_wait(x, &wait_ms, err);
     if (st != MAAS_OK)
         return st;
+    if (x->poll_ms > 0 && wait_ms > x->poll_ms)
+        wait_ms = x->poll_ms;
     mc = curl_multi_poll(x->ch->multi, NULL, 0, (int)wait_ms, NULL);
     if (mc != CURLM_OK)
         return maas_error_set(err, MAAS_ERR_INTERNAL, "curl_multi_poll: %s",
@@ -949,12 +951,15 @@ maas_status maas_http_fetch(maas_client *c, const maas_fetch *f, maas_response *
 
     memset(out, 0, sizeof *out);
     maas_http_meta_init(&out->meta);
-    st = maas_xfer_init(&x, c, NULL, err);
+    st = maas_xfer_init(&x, c, f->cancel, err);
     if (st != MAAS_OK)
         return st;
     x.deadline_at = f->deadline_at;
     x.deadline_ms = f->deadline_ms;
     x.deadline_what = f->endpoint == MAAS_EP_TOKEN ? "the token request" : "GET /models";
+    /* A stream's cancellation wakes the stream's channel, not this one. */
+    if (f->cancel)
+        x.poll_ms = MAAS_AUTH_CANCEL_POLL_MS;
     memset(&sink, 0, sizeof sink);
     sink.x = &x;
     sink.r = out;
@@ -1018,10 +1023,27 @@ maas_status maas_http_call(maas_client *c, const maas_fetch *f, int with_auth,
     if (c->deadline_ms > 0 && (one.deadline_ms <= 0 || c->deadline_ms < one.deadline_ms))
         one.deadline_ms = c->deadline_ms;
     one.deadline_at = one.deadline_ms > 0 ? maas_now_ms() + one.deadline_ms : 0;
+    /* A stream's token fetch: within what is left of the stream's deadline,
+     * whose length is the client's deadline_ms. */
+    if (f->deadline_at && (!one.deadline_at || f->deadline_at < one.deadline_at)) {
+        one.deadline_at = f->deadline_at;
+        one.deadline_ms = c->deadline_ms;
+    }
     for (;;) {
         maas_auth_ticket ticket = { NULL, 0 };
         struct curl_slist *auth = NULL;
         int64_t delay;
+
+        if (f->last_request_at) {
+            /* The rate limit: never two requests closer than min_interval_ms. */
+            int64_t gap = *f->last_request_at ? *f->last_request_at + f->min_interval_ms - maas_now_ms() : 0;
+            if (gap > 0) {
+                st = maas_auth_sleep(c, gap, f->cancel, one.deadline_at, err);
+                if (st != MAAS_OK)
+                    return st;
+            }
+            *f->last_request_at = maas_now_ms();
+        }
 
         one.headers = f->headers;
         if (with_auth) {
@@ -1073,6 +1095,9 @@ maas_status maas_http_call(maas_client *c, const maas_fetch *f, int with_auth,
         if (!maas_retry_worth(err))
             return st;
         delay = maas_retry_delay_ms(c, retries + 1, err);
+        if (delay >= 0 && f->last_request_at &&
+            *f->last_request_at + f->min_interval_ms - maas_now_ms() > delay)
+            delay = *f->last_request_at + f->min_interval_ms - maas_now_ms();
         /* A wait that would outlast the deadline is no retry at all. */
         if (delay < 0 || (one.deadline_at && maas_now_ms() + delay >= one.deadline_at))
             return st;
@@ -1080,7 +1105,15 @@ maas_status maas_http_call(maas_client *c, const maas_fetch *f, int with_auth,
         MAAS_INFO(c, "%s (%s); retry %u in %lld ms", maas_strerror(st), err->message, retries,
                   (long long)delay);
         maas_count(c, MAAS_COUNTER_RETRIES, 1);
-        maas_sleep_ms(delay);
+        if (f->cancel) {
+            /* A stream's fetch: a cancellation wakes this wait. */
+            maas_error_clear(err);
+            st = maas_auth_sleep(c, delay, f->cancel, one.deadline_at, err);
+            if (st != MAAS_OK)
+                return st;
+        } else {
+            maas_sleep_ms(delay);
+        }
         maas_error_clear(err);
     }
 }

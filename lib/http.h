@@ -94,6 +94,7 @@ typedef struct maas_xfer {
     void *armed_payload;
     atomic_int *cancel;      /* may be NULL */
     unsigned long marks;     /* maas_xfer_mark() calls: a step that saw one returns at once */
+    int poll_ms;             /* > 0: look at *cancel this often (nothing wakes this channel) */
     char errbuf[CURL_ERROR_SIZE];
 } maas_xfer;
 
@@ -161,6 +162,11 @@ typedef struct maas_fetch {
     maas_endpoint endpoint;
     int64_t deadline_at;      /* monotonic ms for the whole call, 0: none (set by maas_http_call) */
     long deadline_ms;         /* its length, for its message */
+    /* A token fetch for a stream: cancellable, and within the stream's deadline
+     * (maas_http_call keeps the nearer of deadline_at and the client's). */
+    atomic_int *cancel;       /* may be NULL */
+    int64_t min_interval_ms;  /* > 0: attempts at least this far apart ... */
+    int64_t *last_request_at; /* ... and from this one (in/out, 0: none) */
 } maas_fetch;
 
 typedef struct maas_response {

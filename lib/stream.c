@@ -311,13 +311,16 @@ static maas_status start_attempt(maas_stream *s)
     s->http_status = 0;
     /* The record holds this attempt's failure only, not an earlier call's 200. */
     maas_error_clear(&s->err);
-    if (!s->ticket.header) {
-        st = maas_auth_acquire(s->c, &s->ticket, &s->err);
-        if (st != MAAS_OK)
-            return st;
-    }
+    /* The deadline runs from the first attempt, its token fetch included. */
     if (s->attempts == 0 && s->c->deadline_ms > 0)
         s->x.deadline_at = maas_now_ms() + s->c->deadline_ms;
+    /* Every attempt, the first included, takes the cache's current token (the
+     * one taken at open may have expired since); a fetch it needs is
+     * cancellable and within what is left of the stream's deadline. */
+    maas_auth_release(&s->ticket);
+    st = maas_auth_acquire_for(s->c, &s->ticket, &s->cancel, s->x.deadline_at, &s->err);
+    if (st != MAAS_OK)
+        return st;
     s->auth = curl_slist_append(NULL, s->ticket.header);
     if (!s->auth)
         return maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory");
@@ -860,6 +863,8 @@ void maas_stream_cancel(maas_stream *s)
     if (!s)
         return;
     atomic_store(&s->cancel, 1);
+    /* It may be waiting in the token cache (a fetch of its own or another's). */
+    maas_auth_wake(s->c);
     if (s->multi)
         maas_multi_note_cancel(s->multi);
     else

@@ -49,12 +49,21 @@ static size_t first_line(char *d, size_t s, size_t n, void *p)
 struct canceller {
     maas_stream *s;
     double at;
+    long delay_ms;
 };
+
+static size_t first_line_sink(char *d, size_t s, size_t n, void *p)
+{
+    (void)d;
+    (void)p;
+    return s * n;
+}
 
 static void *cancel_after_a_while(void *p)
 {
     struct canceller *k = p;
-    struct timespec ts = { 0, 20 * 1000000L }; /* let the other thread block in its wait */
+    /* let the other thread block in its wait */
+    struct timespec ts = { 0, (k->delay_ms ? k->delay_ms : 20) * 1000000L };
     nanosleep(&ts, NULL);
     k->at = now_us();
     maas_stream_cancel(k->s);
@@ -75,6 +84,63 @@ static double cancel_latency_us(maas_client *c)
     if (maas_stream_open(&s, c, &r) != MAAS_OK || maas_stream_next(s, &t) != MAAS_OK)
         return -1;
     k.s = s;
+    k.delay_ms = 0;
+    pthread_create(&th, NULL, cancel_after_a_while, &k);
+    if (maas_stream_next(s, &t) != MAAS_ERR_CANCELLED)
+        back = -1;
+    else
+        back = now_us() - k.at;
+    pthread_join(th, NULL);
+    maas_stream_free(s);
+    return back;
+}
+
+/* Queue an emulator fault (POST /emulator/faults); 0 on success. */
+static int queue_fault(const char *path, const char *fault)
+{
+    const char *root = getenv("MAAS_EMULATOR_URL");
+    char url[512], body[256];
+    CURL *h;
+    long code = 0;
+    if (!root)
+        return -1;
+    snprintf(url, sizeof url, "%s/emulator/faults", root);
+    snprintf(body, sizeof body, "{\"path\":\"%s\",\"fault\":\"%s\",\"count\":1}", path, fault);
+    h = curl_easy_init();
+    if (!h)
+        return -1;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, first_line_sink);
+    if (curl_easy_perform(h) == CURLE_OK)
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(h);
+    return code == 200 ? 0 : -1;
+}
+
+/* The same cancel while the stream waits in a token fetch: a 401 makes it
+ * replay, and the token endpoint holds the new token back for 5 s (the
+ * cancel comes 300 ms in, in the rate limit's wait or the fetch). */
+static double cancel_in_token_fetch_us(maas_client *c)
+{
+    maas_request r = MAAS_REQUEST_INIT;
+    const maas_token *t;
+    maas_stream *s;
+    struct canceller k;
+    pthread_t th;
+    double back;
+    r.model = "mistralai/Mistral-7B-Instruct-v0.1";
+    r.prompt = "cancel in a token fetch";
+    r.max_new_tokens = 10;
+    if (maas_stream_open(&s, c, &r) != MAAS_OK)
+        return -1;
+    if (queue_fault("/v1/maas/generatestream", "status=401") ||
+        queue_fault("/oauth2/token", "first-byte-delay=5000")) {
+        maas_stream_free(s);
+        return -1;
+    }
+    k.s = s;
+    k.delay_ms = 300;
     pthread_create(&th, NULL, cancel_after_a_while, &k);
     if (maas_stream_next(s, &t) != MAAS_ERR_CANCELLED)
         back = -1;
@@ -166,6 +232,16 @@ int main(int argc, char **argv)
         qsort(cancel, 21, sizeof *cancel, cmp);
         printf("cancel_from_another_thread_us median=%.1f max=%.1f rounds=21\n", cancel[10],
                cancel[20]);
+        if (getenv("MAAS_EMULATOR_URL")) {
+            for (k = 0; k < 7; k++)
+                if ((cancel[k] = cancel_in_token_fetch_us(c)) < 0) {
+                    fprintf(stderr, "bench-latency: the cancel did not end the token fetch\n");
+                    return 1;
+                }
+            qsort(cancel, 7, sizeof *cancel, cmp);
+            printf("cancel_in_token_fetch_us median=%.1f max=%.1f rounds=7\n", cancel[3],
+                   cancel[6]);
+        }
     }
     curl_slist_free_all(hdr);
     curl_easy_cleanup(h);

@@ -33,6 +33,8 @@ static const char usage[] =
     "                     [--cloud-account ACC] [--token-lifetime SECONDS]\n"
     "                     [--token-delay-ms N] [--token-interval-ms N] [--fault SPEC]...\n"
     "                     [--random-fault PERCENT:SPEC[+SPEC...]]... [--random-seed N]\n"
+    "                     [--token-expires-in X] [--token-fail-after K]\n"
+    "                     [--chaos SEED[:PERCENT]]\n"
     "                     [--tls-cert PEM --tls-key PEM] [--quiet] [--help] [--version]\n"
     "                     [--allow-non-loopback]\n"
     "\n"
@@ -53,6 +55,11 @@ static const char usage[] =
     "  --random-fault P:SPEC    SPEC (faults joined by +) on P percent of generations,\n"
     "                           drawn per request, e.g. 5:status=429+retry-after=1\n"
     "  --random-seed N          seed of those draws (default: from the clock)\n"
+    "  --token-expires-in X     expires_in sent with tokens (any positive number, 1e-9\n"
+    "                           included); they stay valid for --token-lifetime\n"
+    "  --token-fail-after K     after K tokens issued, the token endpoint answers 503\n"
+    "  --chaos SEED[:PERCENT]   a random fault, of any kind, for PERCENT (default 30) of\n"
+    "                           the token and generation requests, chosen from SEED\n"
     "  --tls-cert PEM, --tls-key PEM   serve HTTPS with this certificate and key\n"
     "  --quiet                  no per-request log lines on stderr\n"
     "  --allow-non-loopback     listen on an address that is not loopback. Unsafe: the\n"
@@ -183,6 +190,7 @@ enum {
     OPT_HOST = 256, OPT_PORT, OPT_ID, OPT_SECRET, OPT_ACCOUNT, OPT_LIFETIME, OPT_TOKEN_DELAY,
     OPT_INTERVAL, OPT_FAULT, OPT_RANDOM_FAULT, OPT_RANDOM_SEED, OPT_CERT, OPT_KEY, OPT_QUIET, OPT_HELP, OPT_VERSION,
     OPT_ALLOW_REMOTE,
+    OPT_EXPIRES_IN, OPT_FAIL_AFTER, OPT_RANDOM,
 };
 
 static bool g_allow_remote;
@@ -194,6 +202,36 @@ static bool is_loopback(const struct sockaddr_storage *ss)
     if (ss->ss_family == AF_INET6)
         return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
     return false;
+}
+
+/* The token endpoint's and the random faults' options (chaos.c); false: not one. */
+static bool chaos_option(int c, const char *arg)
+{
+    char *end;
+    switch (c) {
+    case OPT_EXPIRES_IN:
+        g_cfg.token_expires_in = strtod(arg, &end);
+        if (end == arg || *end || !(g_cfg.token_expires_in > 0 && g_cfg.token_expires_in < 1e12))
+            die_usage("--token-expires-in must be a positive number (got \"%s\")", arg);
+        return true;
+    case OPT_FAIL_AFTER:
+        g_cfg.token_fail_after = num_arg("--token-fail-after", arg, 0, 1000000000L);
+        return true;
+    case OPT_RANDOM: {
+        unsigned long long seed = strtoull(arg, &end, 10);
+        long pct = 30;
+        if (end == arg || (*end && *end != ':'))
+            die_usage("--chaos wants SEED[:PERCENT] (got \"%s\")", arg);
+        if (*end == ':')
+            pct = num_arg("--chaos PERCENT", end + 1, 0, 100);
+        g_cfg.random_faults = true;
+        g_cfg.random_seed = seed;
+        g_cfg.random_percent = pct;
+        return true;
+    }
+    default:
+        return false;
+    }
 }
 
 static void parse_args(int argc, char **argv)
@@ -216,6 +254,9 @@ static void parse_args(int argc, char **argv)
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {"allow-non-loopback", no_argument, NULL, OPT_ALLOW_REMOTE},
+        {"token-expires-in", required_argument, NULL, OPT_EXPIRES_IN},
+        {"token-fail-after", required_argument, NULL, OPT_FAIL_AFTER},
+        {"chaos", required_argument, NULL, OPT_RANDOM},
         {NULL, 0, NULL, 0},
     };
     const char *cert = NULL, *key = NULL;
@@ -225,6 +266,8 @@ static void parse_args(int argc, char **argv)
         if (c == -1)
             break;
         char err[200];
+        if (chaos_option(c, optarg))
+            continue;
         switch (c) {
         case OPT_HOST:
             g_cfg.host = optarg;
@@ -313,6 +356,8 @@ int main(int argc, char **argv)
     g_cfg.client_secret = "test-secret";
     g_cfg.cloud_account = "123456789012";
     g_cfg.token_lifetime_s = 3600;
+    g_cfg.token_expires_in = -1;
+    g_cfg.token_fail_after = -1;
     faults_init(&g_cfg.cli_faults);
     faults_random_seed((uint64_t)time(NULL) * 2654435761u);
     parse_args(argc, argv);

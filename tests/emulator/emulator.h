@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <jansson.h>
 #include <microhttpd.h>
 
 #define EMU_VERSION "0.1.0"
@@ -161,6 +162,11 @@ struct emu_config {
     struct faults cli_faults;
     char *tls_cert;
     char *tls_key;
+    double token_expires_in;      /* < 0: the lifetime; else the expires_in sent (chaos.c) */
+    long token_fail_after;        /* < 0: off; else tokens issued before every answer is 503 */
+    bool random_faults;           /* --chaos SEED[:PERCENT] */
+    uint64_t random_seed;
+    long random_percent;
     unsigned conn_limit;          /* MHD_OPTION_CONNECTION_LIMIT */
     unsigned long long nofile;    /* RLIMIT_NOFILE soft limit in force */
 };
@@ -176,6 +182,7 @@ struct emu_stats {
     atomic_long connections_opened;
     atomic_long connections_open;
     atomic_long streams_active;
+    atomic_long random_faults;
 };
 extern struct emu_stats g_stats;
 
@@ -362,7 +369,14 @@ struct request {
     char fill_byte;           /* '[' or ']'; 0: the text pattern */
     int fill_next;            /* phase once the run is over */
     const char *end;          /* how the body ended, for the log */
+    long token_lifetime_s;    /* > 0: this token answer's lifetime (chaos.c) */
 };
+
+/* chaos.c */
+void chaos_prepare(struct request *rq);
+bool chaos_token_refused(void);
+long chaos_token_lifetime(const struct request *rq);
+json_t *chaos_expires_in(const struct request *rq);
 
 /* body.c */
 ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max);

@@ -482,6 +482,8 @@ static bool str_is(const struct str *s, const char *want)
 /* endpoints                                                           */
 /* ------------------------------------------------------------------ */
 
+static const char *friendly(int status);
+
 static enum MHD_Result handle_token(struct request *rq)
 {
     const char *authz =
@@ -511,12 +513,14 @@ static enum MHD_Result handle_token(struct request *rq)
                                 "error_description", "grant_type must be client_credentials");
         return send_json(rq, 400, doc, NULL);
     }
-    char *token = token_issue(rq->f.expire_token ? 0 : g_cfg.token_lifetime_s);
+    if (chaos_token_refused())
+        return send_error(rq, 503, friendly(503), SHAPE_AUTO, true, NULL);
+    char *token = token_issue(rq->f.expire_token ? 0 : chaos_token_lifetime(rq));
     if (!token)
         return MHD_NO;
     atomic_fetch_add(&g_stats.tokens_issued, 1);
-    json_t *doc = json_pack("{s:s, s:I, s:s}", "access_token", token, "expires_in",
-                            (json_int_t)g_cfg.token_lifetime_s, "token_type", "Bearer");
+    json_t *doc = json_pack("{s:s, s:o, s:s}", "access_token", token, "expires_in",
+                            chaos_expires_in(rq), "token_type", "Bearer");
     free(token);
     static const char *const headers[] = {"Cache-Control", "no-store", "Pragma", "no-cache", NULL};
     return send_json(rq, 200, doc, headers);
@@ -660,8 +664,11 @@ static json_t *stats_json(void)
                      "connections_open", (json_int_t)atomic_load(&g_stats.connections_open),
                      "streams_active", (json_int_t)atomic_load(&g_stats.streams_active),
                      "last_user_agent", ua);
-    if (o)
+    if (o) {
         json_object_set_new(o, "last_grpc_timeout", json_string(gt));
+        json_object_set_new(o, "random_faults",
+                            json_integer((json_int_t)atomic_load(&g_stats.random_faults)));
+    }
     return o;
 }
 
@@ -782,6 +789,7 @@ static void prepare(struct request *rq)
         faults_random_take(&rq->f);
     }
     fault_queue_take(rq->route, &rq->f);
+    chaos_prepare(rq);
     if (rq->route == ROUTE_GENERATE && !rq->too_large) {
         rq->g.decoded = decode_body(&rq->g, rq->in.p ? rq->in.p : "", rq->in.len);
         if (rq->g.decoded && rq->g.prompt.p &&
