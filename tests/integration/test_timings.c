@@ -135,7 +135,7 @@ static void test_timings_single_token(void **state)
     (void)state;
     assert_int_equal(run(c, "Tell me a joke [[fault:first-byte-delay=200]]", 1, &s), MAAS_OK);
     assert_int_equal(s.tokens, 1);
-    assert_true(s.d.time_to_first_token >= 0.2);
+    assert_true(s.d.time_to_first_token >= 0.2 - 0.01); /* the server's timer granularity */
     assert_true(s.d.total_time >= s.d.time_to_first_token);
     assert_true(s.d.tokens_per_second == 0.0);
     finish(c);

@@ -53,6 +53,7 @@ static maas_client *client_with(const emu *e, int fake_clock, long deadline_ms, 
     maas_client *c = NULL;
     emu_options(e, &o);
     o.idle_timeout_ms = 120000; /* only the clock under test may end a wait */
+    o.token_timeout_ms = -1;    /* likewise: the token call's own 30 s bound (none here) */
     o.deadline_ms = deadline_ms;
     o.max_retries = retries ? retries : MAAS_RETRIES_OFF;
     o.retry_base_ms = 1;
