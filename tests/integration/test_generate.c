@@ -604,6 +604,8 @@ static void test_invalid_temperature(void **state)
     check_invalid(5, 1.0, PROMPT, MISTRAL, MAAS_ERR_INVALID_ARGUMENT, "temperature");
     check_invalid(5, -0.1, PROMPT, MISTRAL, MAAS_ERR_INVALID_ARGUMENT, "temperature");
     check_invalid(5, NAN, PROMPT, MISTRAL, MAAS_ERR_INVALID_ARGUMENT, "temperature");
+    /* Below 1 as a double, 1.0 as the service's float32: refused before sending. */
+    check_invalid(5, 0.99999999, PROMPT, MISTRAL, MAAS_ERR_INVALID_ARGUMENT, "temperature");
 }
 
 static void test_invalid_prompt(void **state)
