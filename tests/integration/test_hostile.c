@@ -248,24 +248,6 @@ static void assert_prefix(const struct run *ref, const struct run *got, size_t n
     }
 }
 
-/*
- * A library problem reported to the lead, not yet fixed: the test asserts
- * the right behaviour; while the library still shows `bad`, the test is
- * skipped with the reason (MAAS_TEST_KNOWN_BUGS=fail makes it fail instead),
- * so that the tree stays green for everyone else meanwhile.
- */
-#define KNOWN_BUG(bad, ...)                                                                  \
-    do {                                                                                     \
-        if (bad) {                                                                           \
-            const char *kb_env = getenv("MAAS_TEST_KNOWN_BUGS");                             \
-            if (kb_env && !strcmp(kb_env, "fail"))                                           \
-                fail_msg("known library bug: " __VA_ARGS__);                                 \
-            print_message("KNOWN LIBRARY BUG (skipped): " __VA_ARGS__);                      \
-            print_message("\n");                                                             \
-            skip();                                                                          \
-        }                                                                                    \
-    } while (0)
-
 static void assert_within(const struct run *r, long clocks_ms)
 {
     if (r->elapsed_ms > clocks_ms + slack_ms())
@@ -1074,5 +1056,7 @@ int main(void)
         cmocka_unit_test_setup(test_raw_garbage, reset),
         cmocka_unit_test_setup(test_raw_http09, reset),
     };
-    return cmocka_run_group_tests_name("hostile", tests, group_setup, group_teardown);
+    /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
+    return emu_suite_result(cmocka_run_group_tests_name("hostile", tests, group_setup, group_teardown),
+                            &E);
 }

@@ -245,6 +245,7 @@ static void test_cancel_from_callback(void **state)
     assert_int_equal(o[0].status, MAAS_ERR_CANCELLED);
     assert_int_equal(o[0].tokens, 3);
     assert_int_equal(o[0].details, 0);
+    assert_string_equal(maas_stream_error(s[0])->message, "cancelled by the token callback");
     assert_int_equal(o[1].status, MAAS_OK); /* the other stream is untouched */
     maas_stream_free(s[0]);
     maas_stream_free(s[1]);
@@ -536,5 +537,7 @@ int main(void)
         cmocka_unit_test_setup(test_event_loop, reset),
         cmocka_unit_test_setup(test_event_loop_cross_thread_cancel, reset),
     };
-    return cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown);
+    /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
+    return emu_suite_result(cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown),
+                            &E);
 }
