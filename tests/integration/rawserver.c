@@ -68,6 +68,7 @@ const char *rawserver_mode_name(raw_mode mode)
     case RAW_ACCEPT_SILENT: return "accept-silent";
     case RAW_GARBAGE: return "garbage";
     case RAW_HTTP09: return "http09";
+    case RAW_REDIRECT: return "redirect";
     }
     return "?";
 }
@@ -93,6 +94,8 @@ static void answer_begins(rawserver *s, struct conn *c)
     static const char status[] = "HTTP/1.1 200 OK\r\n";
     static const char body09[] =
         "{\"models\": [], \"note\": \"an HTTP/0.9 answer: no status line, no headers\"}\n";
+    static const char redirect[] = "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\n"
+                                   "Content-Length: 0\r\nConnection: close\r\n\r\n";
     uint32_t x = 0x9e3779b9u;
     size_t i;
 
@@ -117,6 +120,9 @@ static void answer_begins(rawserver *s, struct conn *c)
         break;
     case RAW_HTTP09:
         add(c, body09, sizeof body09 - 1);
+        break;
+    case RAW_REDIRECT:
+        add(c, redirect, sizeof redirect - 1);
         break;
     }
 }
@@ -184,7 +190,8 @@ static int conn_write(rawserver *s, struct conn *c)
             return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 1 : 0;
         c->out_off += (size_t)w;
     }
-    if ((s->mode == RAW_GARBAGE || s->mode == RAW_HTTP09) && c->head_seen && !c->finished) {
+    if ((s->mode == RAW_GARBAGE || s->mode == RAW_HTTP09 || s->mode == RAW_REDIRECT) &&
+        c->head_seen && !c->finished) {
         /* End of the answer: FIN, then keep reading until the client closes
          * (closing now, with unread request bytes, would send a reset). */
         shutdown(c->fd, SHUT_WR);

@@ -18,7 +18,8 @@ typedef enum raw_mode {
                            one byte every 50 ms: a complete header line every 300 ms */
     RAW_ACCEPT_SILENT,  /* accepts and reads, never writes */
     RAW_GARBAGE,        /* 8 KiB of pseudo-random bytes that are not HTTP, then end of stream */
-    RAW_HTTP09          /* a JSON body without status line or headers (HTTP/0.9), then end of stream */
+    RAW_HTTP09,         /* a JSON body without status line or headers (HTTP/0.9), then end of stream */
+    RAW_REDIRECT        /* "302 Found" to another path of this server, then end of stream */
 } raw_mode;
 
 typedef struct rawserver rawserver;

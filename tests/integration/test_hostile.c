@@ -920,6 +920,16 @@ static void check_raw(raw_mode mode, struct raw_expect gen_want, struct raw_expe
     check_raw_result(mode, "generate", g, &gen_want);
 }
 
+static void test_raw_redirect(void **state)
+{
+    /* Redirects are not followed: one request each, the 302 reported. Following
+     * it would ask the server again (requests > 3) and end some other way. */
+    const struct raw_expect http = { MAAS_ERR_HTTP, "HTTP 302 from the server" };
+    const struct raw_expect token = { MAAS_ERR_HTTP, "HTTP 302 from the token endpoint" };
+    (void)state;
+    check_raw(RAW_REDIRECT, http, http, token);
+}
+
 static void test_raw_endless_header(void **state)
 {
     /* libcurl caps a response's headers (300 KiB) and fails the transfer: a
@@ -1049,6 +1059,7 @@ int main(void)
         cmocka_unit_test_setup(test_no_answer_models_and_token, reset),
         cmocka_unit_test_setup(test_prompt_directives, reset),
         cmocka_unit_test_setup(test_bad_directives_refused, reset),
+        cmocka_unit_test_setup(test_raw_redirect, reset),
         cmocka_unit_test_setup(test_raw_endless_header, reset),
         cmocka_unit_test_setup(test_raw_slow_header, reset),
         cmocka_unit_test_setup(test_raw_accept_silent, reset),
