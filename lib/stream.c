@@ -97,9 +97,12 @@ static maas_status check_request(const maas_request *r, maas_error_rec *err)
     if (r->max_new_tokens != 0 && (r->max_new_tokens < 1 || r->max_new_tokens >= 2048))
         return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
                               "max_new_tokens must be in [1, 2048), got %d", r->max_new_tokens);
-    if (!(r->temperature >= 0.0 && r->temperature < 1.0))
+    /* The service compares the value as a float32: 0.99999999 rounds to 1.0f and is
+     * refused there, so it is refused here, before anything is sent. */
+    if (!((float)r->temperature >= 0.0f && (float)r->temperature < 1.0f))
         return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
-                              "temperature must be in [0, 1), got %g", r->temperature);
+                              "temperature must be in [0, 1) as a 32-bit float, got %.9g",
+                              r->temperature);
     if (!r->model_info && !r->model)
         return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
                               "model is NULL: name a model or product, or pass model_info");

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +59,8 @@ int emu_start(emu *e, const char *const *args)
     if (e->pid < 0)
         return -1;
     if (e->pid == 0) {
+        /* A test that dies (an abort on the first failure) takes its emulator along. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
         dup2(fds[1], 1);
         execv(path, (char *const *)argv);
         _exit(127);
@@ -102,7 +105,22 @@ int emu_stop(emu *e)
     while (waitpid(e->pid, &status, 0) < 0 && errno == EINTR)
         ;
     e->pid = 0;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    e->stopped = 1;
+    e->exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return e->exit_status;
+}
+
+int emu_suite_result(int cmocka_rc, const emu *e)
+{
+    if (!e->stopped) {
+        fprintf(stderr, "harness: the emulator was never stopped\n");
+        return cmocka_rc ? cmocka_rc : 1;
+    }
+    if (e->exit_status != 0) {
+        fprintf(stderr, "harness: the emulator exited with status %d\n", e->exit_status);
+        return cmocka_rc ? cmocka_rc : 1;
+    }
+    return cmocka_rc;
 }
 
 struct body {

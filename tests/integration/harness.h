@@ -14,12 +14,21 @@ typedef struct emu {
     char auth[256];  /* MAAS_AUTH_URL */
     char root[256];  /* MAAS_EMULATOR_URL */
     char ca[256];    /* set after emu_start for an HTTPS emulator: the CA its own requests trust */
+    int stopped;     /* set by emu_stop */
+    int exit_status; /* emu_stop's result: 0 for a clean shutdown */
 } emu;
 
 /* Start the emulator with extra arguments (NULL-terminated list, may be NULL). 0 on success. */
 int emu_start(emu *e, const char *const *args);
 /* SIGTERM and reap; returns its exit status (0 for a clean shutdown). */
 int emu_stop(emu *e);
+/*
+ * A suite's exit code: cmocka's, unless the emulator was never stopped or did
+ * not exit cleanly (a crash, a sanitizer report at its exit): then nonzero.
+ * cmocka reports a failing group teardown yet exits 0, so every suite that
+ * stops its emulator in a teardown returns emu_suite_result(rc, &E).
+ */
+int emu_suite_result(int cmocka_rc, const emu *e);
 /* A string from GET /emulator/stats into out ("" on failure). */
 void emu_stat_string(const emu *e, const char *name, char *out, size_t outlen);
 /* One counter from GET /emulator/stats, -1 on failure. */

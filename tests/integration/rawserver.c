@@ -76,6 +76,7 @@ const char *rawserver_mode_name(raw_mode mode)
     case RAW_INTERIM_1XX: return "interim-1xx";
     case RAW_SLOW_READ: return "slow-read";
     case RAW_NO_READ: return "no-read";
+    case RAW_REDIRECT: return "redirect";
     }
     return "?";
 }
@@ -101,6 +102,8 @@ static void answer_begins(rawserver *s, struct conn *c)
     static const char status[] = "HTTP/1.1 200 OK\r\n";
     static const char body09[] =
         "{\"models\": [], \"note\": \"an HTTP/0.9 answer: no status line, no headers\"}\n";
+    static const char redirect[] = "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\n"
+                                   "Content-Length: 0\r\nConnection: close\r\n\r\n";
     uint32_t x = 0x9e3779b9u;
     size_t i;
 
@@ -133,6 +136,9 @@ static void answer_begins(rawserver *s, struct conn *c)
         c->next_drip = mono_ms() + RAW_DRIP_MS;
         break;
     case RAW_NO_READ:
+        break;
+    case RAW_REDIRECT:
+        add(c, redirect, sizeof redirect - 1);
         break;
     }
 }
@@ -283,7 +289,8 @@ static int conn_write(rawserver *s, struct conn *c)
             return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 1 : 0;
         c->out_off += (size_t)w;
     }
-    if ((s->mode == RAW_GARBAGE || s->mode == RAW_HTTP09) && c->head_seen && !c->finished) {
+    if ((s->mode == RAW_GARBAGE || s->mode == RAW_HTTP09 || s->mode == RAW_REDIRECT) &&
+        c->head_seen && !c->finished) {
         /* End of the answer: FIN, then keep reading until the client closes
          * (closing now, with unread request bytes, would send a reset). */
         shutdown(c->fd, SHUT_WR);

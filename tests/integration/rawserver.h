@@ -22,8 +22,9 @@ typedef enum raw_mode {
     RAW_INTERIM_1XX,    /* "HTTP/1.1 102 Processing" and a blank line every RAW_KEEPALIVE_MS, for ever */
     RAW_SLOW_READ,      /* reads the request body RAW_SLOW_READ_CHUNK bytes every 50 ms, then
                            answers a complete one-message stream (Content-Length) */
-    RAW_NO_READ         /* accepts, never reads nor writes (a small receive window): an
+    RAW_NO_READ,        /* accepts, never reads nor writes (a small receive window): an
                            upload to it stalls; connections close only at rawserver_stop() */
+    RAW_REDIRECT        /* "302 Found" to another path of this server, then end of stream */
 } raw_mode;
 
 #define RAW_KEEPALIVE_MS 300

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +88,8 @@ class Cli(unittest.TestCase):
         ev = self.events(out)
         self.assertTrue(ev[-2]["special"])
         self.assertEqual(ev[-1]["finish_reason"], "FINISH_REASON_EOS_TOKEN")
-        rc, text, _ = run(self.emu, "generate", "--max-tokens", "2047", "Tell me a joke")
+        rc, text, err = run(self.emu, "generate", "--max-tokens", "2047", "Tell me a joke")
+        self.assertEqual(rc, 0, err)
         self.assertEqual(text, ev[-1]["generated_text"] + "\n")
         self.assertNotIn("</s>", text)
 
@@ -218,9 +220,24 @@ class Cli(unittest.TestCase):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.emu.env())
         p.stdout.read(1)
         p.stdout.close()
-        self.assertNotEqual(p.wait(timeout=30), 0)
+        # The write fails: the stream is cancelled and the command says why (exit 1).
+        self.assertEqual(p.wait(timeout=30), 1)
+        err = p.stderr.read().decode()
         p.stderr.close()
+        self.assertIn("maas: output error: ", err)
+        # The stream was abandoned (2000 tokens 5 ms apart take 10 s) and its
+        # connection closed: nothing left open at the emulator but this stats
+        # request itself.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            st = self.emu.stats()
+            if (st["connections_open"], st["streams_active"]) == (1, 0):
+                break
+            time.sleep(0.02)
+        self.assertEqual((st["connections_open"], st["streams_active"]), (1, 0))
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    result = unittest.main(verbosity=2, exit=False).result
+    # A skip is not a pass: exit 77 so that meson reports SKIP, which scripts/test fails on.
+    sys.exit(1 if not result.wasSuccessful() else 77 if result.skipped else 0)

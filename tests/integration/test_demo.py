@@ -99,4 +99,6 @@ class Demo(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    result = unittest.main(verbosity=2, exit=False).result
+    # A skip is not a pass: exit 77 so that meson reports SKIP, which scripts/test fails on.
+    sys.exit(1 if not result.wasSuccessful() else 77 if result.skipped else 0)

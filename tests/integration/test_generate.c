@@ -604,6 +604,8 @@ static void test_invalid_temperature(void **state)
     check_invalid(5, 1.0, PROMPT, MISTRAL, MAAS_ERR_INVALID_ARGUMENT, "temperature");
     check_invalid(5, -0.1, PROMPT, MISTRAL, MAAS_ERR_INVALID_ARGUMENT, "temperature");
     check_invalid(5, NAN, PROMPT, MISTRAL, MAAS_ERR_INVALID_ARGUMENT, "temperature");
+    /* Below 1 as a double, 1.0 as the service's float32: refused before sending. */
+    check_invalid(5, 0.99999999, PROMPT, MISTRAL, MAAS_ERR_INVALID_ARGUMENT, "temperature");
 }
 
 static void test_invalid_prompt(void **state)
@@ -743,9 +745,25 @@ static void test_cancel_from_callback(void **state)
     struct collected *col = collected_new();
     (void)state;
     col->cancel_after = 3;
+    /* All 30 tokens arrive in one write: buffered, yet none is handed out after the cancel. */
+    assert_int_equal(gen(c, "Tell me a joke [[fault:coalesce]]", 30, col), MAAS_ERR_CANCELLED);
+    assert_int_equal(col->tokens, 3);
+    assert_false(col->got_details);
+    assert_string_equal(maas_last_error()->message, "cancelled by the token callback");
+    free(col);
+    finish(c);
+}
+
+static void test_cancel_from_callback_closes_connection(void **state)
+{
+    maas_client *c = client_with(NULL);
+    struct collected *col = collected_new();
+    (void)state;
+    col->cancel_after = 3;
     assert_int_equal(gen(c, "Tell me a joke [[fault:delay=20]]", 100, col), MAAS_ERR_CANCELLED);
     assert_int_equal(col->tokens, 3);
-    /* The abandoned stream's connection is closed, not left half-read. */
+    /* Checked before maas_client_free, which would close it anyway: the abandoned
+     * stream's connection is closed, not left half-read in the pool. */
     assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
     assert_int_equal(emu_wait_stat(&E, "streams_active", 0, 5000), 0);
     free(col);
@@ -833,7 +851,10 @@ int main(void)
         cmocka_unit_test_setup(test_drip_trips_idle_clock, reset),
         cmocka_unit_test_setup(test_deadline, reset),
         cmocka_unit_test_setup(test_cancel_from_callback, reset),
+        cmocka_unit_test_setup(test_cancel_from_callback_closes_connection, reset),
         cmocka_unit_test_setup(test_cancel_from_another_thread, reset),
     };
-    return cmocka_run_group_tests_name("generate", tests, group_setup, group_teardown);
+    /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
+    return emu_suite_result(cmocka_run_group_tests_name("generate", tests, group_setup, group_teardown),
+                            &E);
 }

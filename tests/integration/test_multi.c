@@ -210,6 +210,63 @@ static void test_faults_in_a_multi(void **state)
     finish(c);
 }
 
+/* B's on_done: when it ran, and A (waiting on its backoff) is cancelled. */
+struct backoff_pair {
+    struct one a, b;
+    maas_stream *sa;
+    struct timespec b_done;
+};
+
+static void on_done_b(maas_stream *s, maas_status st, void *p)
+{
+    struct backoff_pair *k = (struct backoff_pair *)((char *)p - offsetof(struct backoff_pair, b));
+    on_done(s, st, p);
+    clock_gettime(CLOCK_MONOTONIC, &k->b_done);
+    maas_stream_cancel(k->sa);
+}
+
+static void test_backoff_does_not_block_the_multi(void **state)
+{
+    maas_client_options opt;
+    maas_client *c = NULL;
+    maas_multi *m = NULL;
+    maas_request r = MAAS_REQUEST_INIT;
+    struct backoff_pair k;
+    maas_stream *sb = NULL;
+    struct timespec t0;
+    long b_ms;
+    (void)state;
+    memset(&k, 0, sizeof k);
+    emu_options(&E, &opt);
+    opt.max_retries = 1;
+    opt.retry_base_ms = 20000; /* A's backoff: at least 15 s (jitter takes off at most a quarter) */
+    opt.retry_max_ms = 20000;
+    assert_int_equal(maas_client_new(&c, &opt), MAAS_OK);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    k.sa = add(m, "Tell me [[fault:status=503]]", 10, &k.a);
+    r.model = MISTRAL;
+    r.prompt = "Tell me a joke [[fault:delay=20]]";
+    r.max_new_tokens = 10;
+    assert_int_equal(maas_multi_add(&sb, m, &r, on_token, on_details, on_done_b, &k.b), MAAS_OK);
+    run_poll(m);
+    /* B streamed to its end while A waited: the backoff is a clock of the multi,
+     * not a sleep. A blocking sleep would hold B back for 15 s or more. */
+    assert_int_equal(k.b.status, MAAS_OK);
+    assert_int_equal(k.b.tokens, 10);
+    b_ms = (k.b_done.tv_sec - t0.tv_sec) * 1000 + (k.b_done.tv_nsec - t0.tv_nsec) / 1000000;
+    if (b_ms >= 10000)
+        fail_msg("the other stream ended after %ld ms: held up by the backoff", b_ms);
+    /* A was waiting on its backoff (one attempt made) when B's on_done cancelled it. */
+    assert_int_equal(k.a.status, MAAS_ERR_CANCELLED);
+    assert_int_equal(maas_stream_error(k.sa)->attempts, 1);
+    assert_int_equal(emu_stat(&E, "generate_requests"), 2);
+    maas_stream_free(k.sa);
+    maas_stream_free(sb);
+    maas_multi_free(m);
+    finish(c);
+}
+
 static void test_deadline_in_a_multi(void **state)
 {
     maas_client *c = client_with(0, 300, 0);
@@ -245,6 +302,7 @@ static void test_cancel_from_callback(void **state)
     assert_int_equal(o[0].status, MAAS_ERR_CANCELLED);
     assert_int_equal(o[0].tokens, 3);
     assert_int_equal(o[0].details, 0);
+    assert_string_equal(maas_stream_error(s[0])->message, "cancelled by the token callback");
     assert_int_equal(o[1].status, MAAS_OK); /* the other stream is untouched */
     maas_stream_free(s[0]);
     maas_stream_free(s[1]);
@@ -290,7 +348,14 @@ static void test_free_multi_with_running_streams(void **state)
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
     s[0] = add(m, "Tell me [[fault:stall-after=1]]", 10, &o[0]);
     s[1] = add(m, "Tell me [[fault:delay=100]]", 10, &o[1]);
-    assert_int_equal(maas_multi_poll(m, 50, NULL), MAAS_OK);
+    /* Both streams running: each has delivered its first token, and neither is done. */
+    {
+        int rounds = 0;
+        while ((o[0].tokens < 1 || o[1].tokens < 1) && ++rounds < 300)
+            assert_int_equal(maas_multi_poll(m, 100, NULL), MAAS_OK);
+        assert_true(o[0].tokens >= 1 && o[1].tokens >= 1);
+        assert_int_equal(o[0].done + o[1].done, 0);
+    }
     maas_multi_free(m);
     /* The streams outlive their multi as failed handles; no callback ran for them. */
     assert_int_equal(o[0].done, 0);
@@ -431,7 +496,9 @@ static void run_loop(maas_multi *m, struct loop *l)
 static void test_event_loop(void **state)
 {
     enum { N = 100 };
-    maas_client *c = client_with(500, 0, 2);
+    /* The stalled stream's idle clock: long enough for 100 busy streams on one
+     * thread under valgrind on a loaded machine never to trip theirs. */
+    maas_client *c = client_with(3000, 0, 2);
     maas_multi *m = NULL;
     struct loop *l = calloc(1, sizeof *l);
     struct one *o = calloc(N + 1, sizeof *o);
@@ -529,6 +596,7 @@ int main(void)
         cmocka_unit_test_setup(test_sequential_streams_reuse_connections, reset),
         cmocka_unit_test_setup(test_faults_in_a_multi, reset),
         cmocka_unit_test_setup(test_deadline_in_a_multi, reset),
+        cmocka_unit_test_setup(test_backoff_does_not_block_the_multi, reset),
         cmocka_unit_test_setup(test_cancel_from_callback, reset),
         cmocka_unit_test_setup(test_cancel_from_another_thread, reset),
         cmocka_unit_test_setup(test_free_multi_with_running_streams, reset),
@@ -536,5 +604,7 @@ int main(void)
         cmocka_unit_test_setup(test_event_loop, reset),
         cmocka_unit_test_setup(test_event_loop_cross_thread_cancel, reset),
     };
-    return cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown);
+    /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
+    return emu_suite_result(cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown),
+                            &E);
 }

@@ -478,5 +478,7 @@ int main(void)
         cmocka_unit_test_setup(test_insecure_skip_verify, reset),
         cmocka_unit_test_setup(test_environment_cannot_disable_verification, reset),
     };
-    return cmocka_run_group_tests_name("tls", tests, group_setup, group_teardown);
+    /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
+    return emu_suite_result(cmocka_run_group_tests_name("tls", tests, group_setup, group_teardown),
+                            &E);
 }

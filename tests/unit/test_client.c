@@ -262,6 +262,44 @@ static void test_last_error_is_per_thread(void **state)
     assert_ptr_not_equal(theirs, maas_last_error());
 }
 
+/* The service compares temperature as a float32: what rounds to 1.0f is refused before
+ * anything is sent; what stays below it passes the check and goes on to the (refused)
+ * connection. */
+static maas_status generate_with_temperature(double temperature)
+{
+    maas_client_options o;
+    maas_client *c = NULL;
+    maas_request r = MAAS_REQUEST_INIT;
+    maas_status st;
+    clear_env();
+    assert_int_equal(maas_client_options_init(&o, MAAS_CLIENT_OPTIONS_VERSION), MAAS_OK);
+    o.token = "static-token";
+    o.cloud_account = "123456789012";
+    o.api_base_url = "http://127.0.0.1:1/v1";
+    o.auth_url = "http://127.0.0.1:1/token";
+    o.max_retries = 0;
+    assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
+    r.model = "m";
+    r.prompt = "Tell me a joke";
+    r.max_new_tokens = 5;
+    r.temperature = temperature;
+    st = maas_generate(c, &r, NULL, NULL, NULL);
+    maas_client_free(c);
+    return st;
+}
+
+static void test_temperature_as_float32(void **state)
+{
+    (void)state;
+    assert_int_equal(generate_with_temperature(0.99999999), MAAS_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(maas_last_error()->message, "temperature"));
+    assert_int_equal(generate_with_temperature(1.0), MAAS_ERR_INVALID_ARGUMENT);
+    assert_int_equal(generate_with_temperature(-0.1), MAAS_ERR_INVALID_ARGUMENT);
+    /* 0.9999999 is 0.99999988f: valid, so the call goes on to the network. */
+    assert_int_not_equal(generate_with_temperature(0.9999999), MAAS_ERR_INVALID_ARGUMENT);
+    assert_int_not_equal(generate_with_temperature(0.0), MAAS_ERR_INVALID_ARGUMENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -274,6 +312,7 @@ int main(void)
         cmocka_unit_test(test_client_from_env),
         cmocka_unit_test(test_log_callback),
         cmocka_unit_test(test_last_error_is_per_thread),
+        cmocka_unit_test(test_temperature_as_float32),
     };
     return cmocka_run_group_tests_name("client", tests, NULL, NULL);
 }
