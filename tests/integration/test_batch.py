@@ -332,26 +332,31 @@ class Batch(unittest.TestCase):
     # ---- signals ---------------------------------------------------------
 
     def test_sigint_finishes_running_requests_then_exits_130(self):
-        items = [{"id": i, "prompt": f"slow [[fault:delay=30]] {i}", "max_new_tokens": 10}
-                 for i in range(40)]
+        # One quick request, then slow ones (10 tokens 400 ms apart: 4 s each). The
+        # signal goes once the quick answer is on disk and the 4 slow ones that
+        # replaced it run, about 3 s before any of them can end: exactly those 4 are
+        # running at the signal, however loaded the machine.
+        items = [{"id": 0, "prompt": "quick one", "max_new_tokens": 2}]
+        items += [{"id": i, "prompt": f"slow [[fault:delay=400]] {i}", "max_new_tokens": 10}
+                  for i in range(1, 12)]
         inp, out = self.path("int.in"), self.path("int.out")
         write_input(inp, items)
         p = subprocess.Popen([MAAS, "batch", "--concurrency", "4", "--output", out, inp],
                              stderr=subprocess.PIPE, env=self.emu.env())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not os.path.exists(out)
-                                               or os.path.getsize(out) == 0):
+                                               or os.path.getsize(out) == 0
+                                               or self.emu.stats()["streams_active"] < 4):
             time.sleep(0.01)
-        with open(out, "rb") as f:
-            before = f.read().count(b"\n")
+        self.assertEqual([r["id"] for r in read_output(out)], [0])
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 130, err)
+        self.assertIn(b"finishing the 4 running requests", err)
         lines = read_output(out)
         self.assertTrue(all("error" not in r for r in lines))
         # The 4 streams running at the signal finished and were written; no new one started.
-        self.assertGreaterEqual(len(lines), before + 4)
-        self.assertLessEqual(len(lines), before + 8)
+        self.assertEqual(sorted(r["id"] for r in lines), [0, 1, 2, 3, 4])
         self.assertIn("not done:", err.decode())
         rc, _, err = self.batch("--output", out, inp)
         self.assertEqual(rc, 0, err)
