@@ -172,7 +172,10 @@ static void test_shared_client_under_faults(void **state)
     lifetimes = (long)(elapsed / 1.5) + 1;
     fprintf(stderr, "%d streams in %.2f s: %ld token requests (bound %ld + %d refused)\n",
             THREADS * STREAMS, elapsed, token_requests, lifetimes, refused);
+    /* A 2 s token cannot serve streams for longer than 2 s: at least one
+     * request per 2 s elapsed, and never fewer than one. */
     assert_true(token_requests >= 1);
+    assert_true(token_requests >= (long)(elapsed / 2.0));
     assert_true(token_requests <= lifetimes + refused);
     assert_int_equal((long)maas_client_counter(C, MAAS_COUNTER_TOKEN_REQUESTS), token_requests);
 

@@ -59,7 +59,19 @@ static void decode(const char *line, size_t len, size_t piece, maas_msg *m, maas
     assert_int_equal(m->type, MAAS_MSG_FINAL);
 }
 
-static void check_cut(const char *key, const char *unit, size_t piece)
+/* Whether `text` (len bytes) is `unit` (ulen bytes, decoded) repeated and cut
+ * on a character boundary: never before a UTF-8 continuation byte. */
+static int is_repeated_prefix(const char *text, size_t len, const char *unit, size_t ulen)
+{
+    size_t i;
+    for (i = 0; i < len; i++)
+        if (text[i] != unit[i % ulen])
+            return 0;
+    return ((unsigned char)unit[len % ulen] & 0xC0) != 0x80;
+}
+
+/* `decoded` is what `unit` is once its JSON escapes are read. */
+static void check_cut(const char *key, const char *unit, const char *decoded, size_t piece)
 {
     size_t len;
     char *line = final_line(key, unit, 3 * 1024 * 1024, &len);
@@ -81,6 +93,9 @@ static void check_cut(const char *key, const char *unit, size_t piece)
         /* Without escapes the kept text is byte for byte a prefix of the sent one. */
         assert_memory_equal(m.details.generated_text, gen_start, m.details.generated_text_len);
     }
+    /* With them, a prefix of the decoded text, never half a character. */
+    assert_true(is_repeated_prefix(m.details.generated_text, m.details.generated_text_len,
+                                   decoded, strlen(decoded)));
     maas_ndjson_cleanup(&d);
     free(line);
 }
@@ -88,19 +103,33 @@ static void check_cut(const char *key, const char *unit, size_t piece)
 static void test_plain_text_cut(void **state)
 {
     (void)state;
-    check_cut("generated_text", "lorem ipsum ", 4096);
-    check_cut("generated_text", "lorem ipsum ", 16384 + 7);
-    check_cut("generatedText", "camel ", 4096);
+    check_cut("generated_text", "lorem ipsum ", "lorem ipsum ", 4096);
+    check_cut("generated_text", "lorem ipsum ", "lorem ipsum ", 16384 + 7);
+    check_cut("generatedText", "camel ", "camel ", 4096);
 }
 
 static void test_cut_on_character_boundaries(void **state)
 {
     (void)state;
     /* Multi-byte UTF-8 (jansson would reject half a sequence)... */
-    check_cut("generated_text", "na\xc3\xafve \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82 ", 4093);
+    /* ...started at each of its characters, so that the cap falls on every
+     * byte of a sequence in one run or another, not only where 256 KiB
+     * happens to fall. */
+    static const char mb[] = "na\xc3\xafve \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82 ";
+    char rot[sizeof mb];
+    size_t r, n = sizeof mb - 1;
+    for (r = 0; r < n; r++) {
+        if (((unsigned char)mb[r] & 0xc0) == 0x80)
+            continue;
+        memcpy(rot, mb + r, n - r);
+        memcpy(rot + n - r, mb, r);
+        rot[n] = '\0';
+        check_cut("generated_text", rot, rot, 4093);
+    }
     /* ...escapes, \u escapes and surrogate pairs (never split). */
-    check_cut("generated_text", "a\\\"b\\\\c\\n\\u00e9\\ud83d\\ude00 ", 4091);
-    check_cut("generated_text", "\\ud83d\\ude00", 1);
+    check_cut("generated_text", "a\\\"b\\\\c\\n\\u00e9\\ud83d\\ude00 ",
+              "a\"b\\c\n\xc3\xa9\xf0\x9f\x98\x80 ", 4091);
+    check_cut("generated_text", "\\ud83d\\ude00", "\xf0\x9f\x98\x80", 1);
 }
 
 static void test_short_text_untouched(void **state)
@@ -112,7 +141,10 @@ static void test_short_text_untouched(void **state)
     (void)state;
     decode(line, len, 4096, &m, &d);
     assert_false(m.details.generated_text_truncated);
-    assert_true(m.details.generated_text_len >= 1000);
+    /* final_line() wrote 1000 / 6 + 1 units: all of them, unchanged. */
+    assert_int_equal(m.details.generated_text_len, (1000 / 6 + 1) * 6);
+    assert_true(is_repeated_prefix(m.details.generated_text, m.details.generated_text_len,
+                                   "short ", 6));
     maas_ndjson_cleanup(&d);
     free(line);
 }
@@ -141,6 +173,7 @@ static void test_long_token_text_kept(void **state)
     assert_int_equal(st, MAAS_OK);
     assert_int_equal(m.type, MAAS_MSG_TOKEN);
     assert_int_equal(m.token.text_len, n);
+    assert_true(is_repeated_prefix(m.token.text, m.token.text_len, "q", 1));
     maas_ndjson_cleanup(&d);
     free(line);
 }
