@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "auth.h"
+#include "clientdata.h"
 #include "error.h"
 #include "http.h"
 #include "ndjson.h"
@@ -29,7 +30,19 @@ typedef enum stream_state {
     S_FAILED
 } stream_state;
 
-struct maas_multi;
+struct maas_stream;
+
+/*
+ * What a stream tells whoever schedules it without blocking (a maas_multi):
+ * the scheduler sets s->sched and s->sched_data when it takes the stream, and
+ * the stream calls these, never its scheduler by name.
+ */
+typedef struct maas_stream_sched {
+    void (*ready)(struct maas_stream *s);     /* bytes arrived (inside libcurl): advance it soon */
+    void (*track)(struct maas_stream *s);     /* its clocks changed (maas_stream_next_deadline) */
+    void (*cancelled)(struct maas_stream *s); /* maas_stream_cancel, from any thread */
+    void (*forget)(struct maas_stream *s);    /* it is being freed: drop every reference */
+} maas_stream_sched;
 
 struct maas_stream {
     maas_client *c;
@@ -68,8 +81,9 @@ struct maas_stream {
 
     maas_error_rec err;
 
-    /* A stream of a maas_multi: its own easy handle in the multi's handle. */
-    struct maas_multi *multi;
+    /* A scheduled stream (a maas_multi's): its own easy handle in the scheduler's handle. */
+    const maas_stream_sched *sched;         /* NULL: the caller drives it (maas_stream_next) */
+    void *sched_data;                       /* the scheduler's own */
     maas_channel own;
     maas_token_cb on_token;
     maas_details_cb on_details;
