@@ -1,6 +1,7 @@
 /*
  * stream: the state of one generation and the engine that advances it, for
- * stream.c (the blocking iterator) and multi.c (many streams on one thread).
+ * stream.c (the blocking iterator) and for whoever schedules streams without
+ * blocking, through maas_stream_sched (multi.c: many streams on one thread).
  */
 #ifndef MAAS_LIB_STREAM_H
 #define MAAS_LIB_STREAM_H
@@ -81,7 +82,8 @@ struct maas_stream {
 
     maas_error_rec err;
 
-    /* A scheduled stream (a maas_multi's): its own easy handle in the scheduler's handle. */
+    /* A scheduled stream: its own easy handle in the scheduler's multi handle,
+     * the callbacks it was added with, and the scheduler's bookkeeping. */
     const maas_stream_sched *sched;         /* NULL: the caller drives it (maas_stream_next) */
     void *sched_data;                       /* the scheduler's own */
     maas_channel own;
@@ -89,12 +91,12 @@ struct maas_stream {
     maas_details_cb on_details;
     maas_done_cb on_done;
     void *payload;
-    struct maas_stream *prev, *next;        /* the multi's streams, until freed */
-    struct maas_stream *rprev, *rnext;      /* the multi's ready list */
+    struct maas_stream *prev, *next;        /* the scheduler's streams, until freed */
+    struct maas_stream *rprev, *rnext;      /* the scheduler's ready list */
     int ready;
     int details_reported;                   /* on_details was called */
     int finished;                           /* on_done was called */
-    size_t heap_index;                      /* position in the multi's timer heap, or SIZE_MAX */
+    size_t heap_index;                      /* position in the scheduler's timer heap, or SIZE_MAX */
 
     /* Monotonic seconds, for the timings of maas_details. */
     double t_start;                         /* the first attempt started */

@@ -9,7 +9,10 @@ and every `#include "x.h"` line of LIBDIR/*.c and LIBDIR/*.h. A module is a
 file's name without .c/.h. Fails, naming the file, the line and the two
 modules, when a module includes one of a higher layer, when the includes
 close a circle (within a layer), or when a file of lib/ belongs to no
-declared module. Headers outside LIBDIR (maas/maas.h) are not modules.
+declared module. Headers outside LIBDIR (maas/maas.h) are not modules. A
+layer whose name says "(data only)" holds headers that declare types and
+no function (a static inline accessor excepted): the check fails naming a
+function declared there.
 """
 import os
 import re
@@ -21,12 +24,55 @@ KNOWN_EXCEPTIONS = set()
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 
+def strip_comments(text):
+    text = re.sub(r'/\*.*?\*/', lambda m: '\n' * m.group(0).count('\n'), text, flags=re.S)
+    return re.sub(r'//[^\n]*', '', text)
+
+
+def declared_functions(path):
+    """(line, name) of each function declared at file scope, not static inline."""
+    text = strip_comments(open(path, encoding='utf-8').read())
+    out, depth, stmt, start = [], 0, '', 1
+    lineno = 1
+    for ch in text:
+        if ch == '\n':
+            lineno += 1
+        if depth == 0 and not stmt.strip():
+            start = lineno
+        if ch == '{':
+            if depth == 0 and re.search(r'\)\s*$', stmt) and 'static inline' not in stmt \
+                    and not stmt.lstrip().startswith('#'):
+                m = re.search(r'(\w+)\s*\([^()]*\)\s*$', stmt)
+                if m:
+                    out.append((start, m.group(1)))
+            depth += 1
+        elif ch == '}':
+            depth -= 1
+            if depth == 0:
+                stmt = ''
+            continue
+        if depth:
+            continue
+        if ch == '\n' and stmt.lstrip().startswith('#') and not stmt.rstrip().endswith('\\'):
+            stmt = ''
+            continue
+        if ch == ';':
+            m = re.search(r'(?<![(*\w])\s*\**\s*(\w+)\s*\((?!\s*\*)[^;]*\)\s*'
+                          r'(?:MAAS_PRINTF\([^)]*\)\s*)?$', stmt)
+            if m and not stmt.lstrip().startswith(('typedef', '#')) and 'static inline' not in stmt:
+                out.append((start, m.group(1)))
+            stmt = ''
+            continue
+        stmt += ch
+    return out
+
+
 def read_layers(readme):
     text = open(readme, encoding='utf-8').read()
     m = re.search(r'<!-- layers[^>]*-->(.*?)<!-- /layers -->', text, re.S)
     if not m:
         sys.exit(f'{readme}: no "<!-- layers -->" block')
-    layer_of, names = {}, {}
+    layer_of, names, data_only = {}, {}, set()
     for line in m.group(1).splitlines():
         lm = re.match(r'^\s*(\d+)\s+([^:]+):\s*(.*)$', line)
         if not lm:
@@ -34,12 +80,14 @@ def read_layers(readme):
         n, name = int(lm.group(1)), lm.group(2).strip()
         names[n] = name
         for mod in lm.group(3).split():
+            if '(data only)' in name:
+                data_only.add(mod)
             if mod in layer_of:
                 sys.exit(f'{readme}: module {mod} is declared twice')
             layer_of[mod] = n
     if not layer_of:
         sys.exit(f'{readme}: the layers block declares no module')
-    return layer_of, names
+    return layer_of, names, data_only
 
 
 def module(fname):
@@ -50,7 +98,7 @@ def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     libdir = sys.argv[1]
-    layer_of, names = read_layers(os.path.join(libdir, 'README.md'))
+    layer_of, names, data_only = read_layers(os.path.join(libdir, 'README.md'))
     files = sorted(f for f in os.listdir(libdir) if f.endswith(('.c', '.h')))
     present = {module(f) for f in files}
     problems = []
@@ -63,6 +111,12 @@ def main():
         problems.append(f'lib/: module {mod} is in no declared layer (add it to lib/README.md)')
     for mod in sorted(set(layer_of) - present):
         problems.append(f'lib/README.md: declared module {mod} has no file in lib/')
+
+    for f in files:
+        if module(f) in data_only:
+            for line, name in declared_functions(os.path.join(libdir, f)):
+                problems.append(f'lib/{f}:{line}: {name}() is declared in a data-only header '
+                                f'({module(f)}): declare it with its module')
 
     edges = {}  # (from, to) -> first "file:line" that makes it
     for f in files:
