@@ -6,31 +6,13 @@
 #include <jansson.h>
 
 #include "auth.h"
-#include "client.h"
+#include "clientdata.h"
 #include "clock.h"
-#include "http.h"
 #include "log.h"
+#include "wipe.h"
 
-/* A token answer larger than this is not a token answer. */
-#define TOKEN_BODY_MAX (64 * 1024)
 /* Lifetime assumed when the token endpoint omits expires_in. */
 #define DEFAULT_LIFETIME_S 300
-
-void maas_wipe(void *p, size_t n)
-{
-    /* A volatile pointer keeps the compiler from dropping a store to memory about to be freed. */
-    volatile unsigned char *v = p;
-    while (n--)
-        *v++ = 0;
-}
-
-void maas_wipe_free(char *s)
-{
-    if (!s)
-        return;
-    maas_wipe(s, strlen(s));
-    free(s);
-}
 
 static int64_t default_now(void *payload)
 {
@@ -100,75 +82,6 @@ void maas_auth_cleanup(maas_auth *a)
     pthread_mutex_destroy(&a->lock);
 }
 
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* s form-urlencoded (the HTML byte serializer) into out; returns the length. */
-static size_t form_encode(unsigned char *out, const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t o = 0;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '*' || c == '-' || c == '.' || c == '_') {
-            out[o++] = c;
-        } else if (c == ' ') {
-            out[o++] = '+';
-        } else {
-            out[o++] = '%';
-            out[o++] = (unsigned char)hex[c >> 4];
-            out[o++] = (unsigned char)hex[c & 15];
-        }
-    }
-    return o;
-}
-
-/*
- * "Authorization: Basic base64(id:secret)", id and secret form-urlencoded
- * first (RFC 6749 section 2.3.1), so that a ':' in the id cannot move the
- * split; wiped by the caller.
- */
-static char *basic_header(const char *id, const char *secret)
-{
-    static const char prefix[] = "Authorization: Basic ";
-    size_t il = strlen(id), sl = strlen(secret), n = 3 * il + 1 + 3 * sl;
-    size_t outlen = sizeof prefix - 1 + 4 * ((n + 2) / 3) + 1;
-    unsigned char *plain = malloc(n);
-    char *out = malloc(outlen), *o;
-    size_t i;
-    if (!plain || !out) {
-        free(plain);
-        free(out);
-        return NULL;
-    }
-    il = form_encode(plain, id);
-    plain[il] = ':';
-    n = il + 1 + form_encode(plain + il + 1, secret);
-    memcpy(out, prefix, sizeof prefix - 1);
-    o = out + sizeof prefix - 1;
-    for (i = 0; i + 2 < n; i += 3) {
-        *o++ = b64[plain[i] >> 2];
-        *o++ = b64[((plain[i] & 3) << 4) | (plain[i + 1] >> 4)];
-        *o++ = b64[((plain[i + 1] & 15) << 2) | (plain[i + 2] >> 6)];
-        *o++ = b64[plain[i + 2] & 63];
-    }
-    if (i < n) {
-        *o++ = b64[plain[i] >> 2];
-        if (i + 1 < n) {
-            *o++ = b64[((plain[i] & 3) << 4) | (plain[i + 1] >> 4)];
-            *o++ = b64[(plain[i + 1] & 15) << 2];
-        } else {
-            *o++ = b64[(plain[i] & 3) << 4];
-            *o++ = '=';
-        }
-        *o++ = '=';
-    }
-    *o = '\0';
-    maas_wipe(plain, 3 * strlen(id) + 1 + 3 * strlen(secret));
-    free(plain);
-    return out;
-}
-
 static int token_chars_ok(const char *s)
 {
     if (!*s)
@@ -179,9 +92,8 @@ static int token_chars_ok(const char *s)
     return 1;
 }
 
-/* Parse the token endpoint's answer into a header and a lifetime. */
-static maas_status parse_token(const char *body, size_t len, char **header, int64_t *lifetime_ms,
-                               maas_error_rec *err)
+maas_status maas_auth_parse_token(const char *body, size_t len, char **header,
+                                  int64_t *lifetime_ms, maas_error_rec *err)
 {
     json_error_t jerr;
     json_t *root = json_loadb(body, len, 0, &jerr), *v;
@@ -233,55 +145,6 @@ out:
     return st;
 }
 
-static maas_status fetch_token(maas_client *c, char **header, int64_t *lifetime_ms,
-                               atomic_int *cancel, int64_t deadline_at, int64_t *last_request_at,
-                               maas_error_rec *err)
-{
-    static const char form[] = "grant_type=client_credentials";
-    maas_fetch f;
-    maas_response r;
-    struct curl_slist *h = NULL, *t;
-    char *basic = basic_header(c->client_id, c->client_secret);
-    maas_status st;
-
-    if (!basic)
-        return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory");
-    h = curl_slist_append(NULL, basic);
-    maas_wipe_free(basic);
-    if (h && (t = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded")))
-        h = t;
-    else
-        goto oom;
-    if ((t = curl_slist_append(h, "Accept: application/json")))
-        h = t;
-    else
-        goto oom;
-
-    memset(&f, 0, sizeof f);
-    f.url = c->auth_url;
-    f.post_body = form;
-    f.post_len = sizeof form - 1;
-    f.headers = h;
-    f.max_body = TOKEN_BODY_MAX;
-    f.endpoint = MAAS_EP_TOKEN;
-    f.cancel = cancel;
-    f.deadline_at = deadline_at;
-    f.min_interval_ms = MAAS_TOKEN_REQUEST_INTERVAL_MS;
-    f.last_request_at = last_request_at;
-    st = maas_http_call(c, &f, 0, &r, err);
-    maas_http_headers_free(h);
-    if (st != MAAS_OK) {
-        MAAS_WARN(c, "token endpoint: %s: %s", maas_strerror(st), err->message);
-        return st;
-    }
-    st = parse_token(r.body, r.len, header, lifetime_ms, err);
-    maas_response_free(&r); /* wipes the answer */
-    return st;
-oom:
-    maas_http_headers_free(h);
-    return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory");
-}
-
 static maas_status copy_ticket(maas_auth *a, maas_auth_ticket *out, maas_error_rec *err)
 {
     out->header = strdup(a->header);
@@ -312,8 +175,8 @@ static maas_status wait_locked(maas_client *c, int64_t until, atomic_int *cancel
         until = deadline_at;
     /* maas_stream_cancel wakes the condition without the lock, so a wake-up
      * may slip in between the check above and the wait: look again soon. */
-    if (cancel && (!until || until > now + MAAS_AUTH_CANCEL_POLL_MS))
-        until = now + MAAS_AUTH_CANCEL_POLL_MS;
+    if (cancel && (!until || until > now + MAAS_CANCEL_POLL_MS))
+        until = now + MAAS_CANCEL_POLL_MS;
     if (!until) {
         pthread_cond_wait(&c->auth.cond, &c->auth.lock);
         return MAAS_OK;
@@ -422,7 +285,7 @@ maas_status maas_auth_acquire_for(maas_client *c, maas_auth_ticket *out, atomic_
         pthread_mutex_unlock(&a->lock);
 
         t0 = a->now(a->now_payload);
-        st = fetch_token(c, &header, &lifetime, cancel, deadline_at, &last, err);
+        st = a->fetch(c, &header, &lifetime, cancel, deadline_at, &last, err);
         /* A server's tiny expires_in (1e-9) must not make every call a fetch. */
         if (lifetime < MAAS_TOKEN_LIFETIME_FLOOR_MS)
             lifetime = MAAS_TOKEN_LIFETIME_FLOOR_MS;

@@ -9,9 +9,13 @@
 
 #include <curl/curl.h>
 
-#include "client.h"
+#include "auth.h"
+#include "call.h"
+#include "clientdata.h"
+#include "http.h"
 #include "log.h"
 #include "models.h"
+#include "wipe.h"
 
 const char *maas_version(void)
 {
@@ -329,15 +333,16 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *caller
                            : opts->models_timeout_ms < 0 ? 0 : opts->models_timeout_ms;
     c->max_text_bytes = opts->max_text_bytes ? opts->max_text_bytes : MAAS_DEFAULT_MAX_TEXT_BYTES;
     c->insecure = opts->insecure_skip_tls_verify != 0;
-    c->log_level = opts->log_level != MAAS_LOG_OFF ? opts->log_level : maas_log_level_from_env();
-    c->log_cb = opts->log_cb;
-    c->log_payload = opts->log_payload;
+    c->log.level = opts->log_level != MAAS_LOG_OFF ? opts->log_level : maas_log_level_from_env();
+    c->log.cb = opts->log_cb;
+    c->log.payload = opts->log_payload;
 
     st = maas_auth_init(&c->auth, opts->token); /* cleans up after itself on failure */
     if (st != MAAS_OK) {
         client_destroy(c);
         return maas_fail(st, "could not initialise the token cache");
     }
+    c->auth.fetch = maas_call_token;
     c->auth_ready = 1;
     c->http_ready = 1; /* maas_http_init leaves a state maas_http_cleanup can undo */
     st = maas_http_init(c, &err);
@@ -390,19 +395,4 @@ uint64_t maas_client_counter(const maas_client *client, maas_counter which)
     if ((unsigned)which >= MAAS_COUNTER_SLOTS)
         return 0;
     return atomic_load_explicit(&((maas_client *)client)->counters[which], memory_order_relaxed);
-}
-
-const maas_model_list *maas_client_catalogue(maas_client *c, maas_error_rec *err)
-{
-    maas_model_list *list = NULL;
-    maas_status st;
-    pthread_mutex_lock(&c->catalogue_lock);
-    if (!c->catalogue) {
-        st = maas_models_fetch(&list, c, err);
-        if (st == MAAS_OK)
-            c->catalogue = list;
-    }
-    list = c->catalogue;
-    pthread_mutex_unlock(&c->catalogue_lock);
-    return list;
 }

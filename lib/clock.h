@@ -6,6 +6,11 @@
 #include <stdint.h>
 #include <time.h>
 
+/* A wait that can be cancelled but that nothing wakes (a token fetch of a
+ * stream, a waiter in the token cache) looks at its flag at least this often
+ * (maas_stream_cancel also wakes the token cache's waiters at once). */
+#define MAAS_CANCEL_POLL_MS 20
+
 static inline int64_t maas_now_ms(void)
 {
     struct timespec ts;

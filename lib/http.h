@@ -4,7 +4,9 @@
  * clock, a share handle so that connections, DNS and TLS sessions are
  * reused across the calls and threads of one client), the transfer driver
  * with the idle and deadline clocks and cancellation, the mapping of curl
- * failures and HTTP statuses onto maas_status, and the retry policy.
+ * failures and HTTP statuses onto maas_status. One attempt at a time:
+ * retries and credentials are the calls layer's (call.c); the transport
+ * knows nothing of tokens.
  */
 #ifndef MAAS_LIB_HTTP_H
 #define MAAS_LIB_HTTP_H
@@ -13,33 +15,10 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <curl/curl.h>
+#include "clientdata.h"
 #include "error.h"
 
 struct maas_client;
-
-/*
- * A channel is a multi handle and an easy handle used by one transfer at a
- * time. Idle channels wait in the client's pool with their keep-alive
- * connections in the multi handle's cache: libcurl does not support sharing
- * a connection cache between concurrent threads, so connections are reused
- * by handing whole channels from call to call instead.
- */
-typedef struct maas_channel {
-    CURLM *multi;
-    CURL *easy;
-    struct maas_channel *next;
-} maas_channel;
-
-#define MAAS_CHANNEL_POOL_MAX 16
-
-typedef struct maas_http {
-    CURLSH *share;           /* DNS cache and TLS sessions, shared by all threads */
-    pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
-    pthread_mutex_t pool_lock;
-    maas_channel *pool;      /* idle channels */
-    unsigned pooled;
-    char user_agent[160];
-} maas_http;
 
 maas_status maas_http_init(struct maas_client *c, maas_error_rec *err);
 void maas_http_cleanup(maas_http *h);
@@ -147,11 +126,6 @@ maas_status maas_http_status_error(long http_status, const char *body, size_t le
 /* Seconds from a Retry-After value (delta-seconds or an HTTP date); -1 if unusable. */
 double maas_http_parse_retry_after(const char *value, time_t now);
 
-/* Is a failure worth another attempt (nothing having reached the caller)? */
-int maas_retry_worth(const maas_error_rec *err);
-/* Delay before retry number `retry` (1-based), honouring Retry-After; -1: no more retries. */
-int64_t maas_retry_delay_ms(const struct maas_client *c, unsigned retry, const maas_error_rec *err);
-
 /* One whole request with a bounded body, as the token endpoint and /models need. */
 typedef struct maas_fetch {
     const char *url;
@@ -160,10 +134,10 @@ typedef struct maas_fetch {
     struct curl_slist *headers;
     size_t max_body;          /* larger answers fail with MAAS_ERR_PROTOCOL */
     maas_endpoint endpoint;
-    int64_t deadline_at;      /* monotonic ms for the whole call, 0: none (set by maas_http_call) */
+    int64_t deadline_at;      /* monotonic ms for the whole call, 0: none (set by maas_call) */
     long deadline_ms;         /* its length, for its message */
     /* A token fetch for a stream: cancellable, and within the stream's deadline
-     * (maas_http_call keeps the nearer of deadline_at and the client's). */
+     * (maas_call keeps the nearer of deadline_at and the client's). */
     atomic_int *cancel;       /* may be NULL */
     int64_t min_interval_ms;  /* > 0: attempts at least this far apart ... */
     int64_t *last_request_at; /* ... and from this one (in/out, 0: none) */
@@ -180,15 +154,6 @@ typedef struct maas_response {
 maas_status maas_http_fetch(struct maas_client *c, const maas_fetch *f, maas_response *out,
                             maas_error_rec *err);
 
-/*
- * A whole call: attempts with retries and backoff under one deadline (the
- * client's, from the start of the call), and (with_auth) the
- * client's token in an Authorization header, replayed once with a new token
- * after a 401. MAAS_OK only for a 2xx answer, whose body is in out.
- * f->headers are the call's own headers (the token is added per attempt).
- */
-maas_status maas_http_call(struct maas_client *c, const maas_fetch *f, int with_auth,
-                           maas_response *out, maas_error_rec *err);
 void maas_response_free(maas_response *r);
 
 #endif

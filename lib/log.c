@@ -3,7 +3,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "client.h"
 #include "log.h"
 
 maas_log_level maas_log_level_from_env(void)
@@ -31,17 +30,17 @@ static const char *level_name(maas_log_level l)
     return "";
 }
 
-void maas_log(const maas_client *c, maas_log_level level, const char *fmt, ...)
+void maas_log(const maas_log_sink *sink, maas_log_level level, const char *fmt, ...)
 {
     char line[1024];
     va_list ap;
-    if (!c || level > c->log_level || level == MAAS_LOG_OFF)
+    if (!sink || level > sink->level || level == MAAS_LOG_OFF)
         return;
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    if (c->log_cb) {
-        c->log_cb(level, line, c->log_payload);
+    if (sink->cb) {
+        sink->cb(level, line, sink->payload);
         return;
     }
     /* One fprintf per line so that lines from several threads do not interleave. */

@@ -1,9 +1,12 @@
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
 
-#include "client.h"
+#include "call.h"
+#include "clientdata.h"
+#include "http.h"
 #include "models.h"
 
 /* A catalogue answer larger than this is not a catalogue. */
@@ -151,7 +154,7 @@ maas_status maas_models_fetch(maas_model_list **out, maas_client *c, maas_error_
     f.headers = h;
     f.max_body = MODELS_BODY_MAX;
     f.endpoint = MAAS_EP_MODELS;
-    st = maas_http_call(c, &f, 1, &r, err);
+    st = maas_call(c, &f, 1, &r, err);
     if (st == MAAS_OK) {
         st = maas_models_parse(out, r.body, r.len, err);
         maas_response_free(&r);
@@ -175,4 +178,19 @@ maas_status maas_models_list(maas_model_list **out, maas_client *client)
     if (st != MAAS_OK)
         return maas_error_publish(&err);
     return MAAS_OK;
+}
+
+const maas_model_list *maas_models_catalogue(maas_client *c, maas_error_rec *err)
+{
+    maas_model_list *list = NULL;
+    maas_status st;
+    pthread_mutex_lock(&c->catalogue_lock);
+    if (!c->catalogue) {
+        st = maas_models_fetch(&list, c, err);
+        if (st == MAAS_OK)
+            c->catalogue = list;
+    }
+    list = c->catalogue;
+    pthread_mutex_unlock(&c->catalogue_lock);
+    return list;
 }

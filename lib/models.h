@@ -4,6 +4,8 @@
 
 #include "error.h"
 
+struct maas_client;
+
 struct maas_model {
     char *model_name;
     char *product_name;
@@ -21,5 +23,9 @@ maas_status maas_models_parse(maas_model_list **out, const char *body, size_t le
 
 /* GET /models with retries and token replay; the error stays in err. */
 maas_status maas_models_fetch(maas_model_list **out, struct maas_client *c, maas_error_rec *err);
+
+/* The client's catalogue (fetched on first use, kept for the client's life);
+ * NULL with err set on failure. Any thread. */
+const maas_model_list *maas_models_catalogue(struct maas_client *c, maas_error_rec *err);
 
 #endif

@@ -1,5 +1,6 @@
 /*
- * multi: many streams on one thread (see multi.h).
+ * multi: many streams on one thread (maas_multi_* in maas/maas.h). The
+ * streams tell it of their events through the maas_stream_sched table below.
  *
  * Work happens in pump(), after libcurl has returned from perform or
  * socket_action: finished transfers are noted, cancelled streams and streams
@@ -21,10 +22,10 @@
 
 #include <curl/curl.h>
 
-#include "client.h"
+#include "clientdata.h"
 #include "clock.h"
+#include "http.h"
 #include "log.h"
-#include "multi.h"
 #include "stream.h"
 
 struct maas_multi {
@@ -50,9 +51,9 @@ struct maas_multi {
 
 /* ---- the ready list --------------------------------------------------------- */
 
-void maas_multi_mark_ready(maas_stream *s)
+static void maas_multi_mark_ready(maas_stream *s)
 {
-    maas_multi *m = s->multi;
+    maas_multi *m = s->sched_data;
     if (!m || s->ready || s->finished)
         return;
     s->ready = 1;
@@ -137,9 +138,9 @@ static void heap_remove(maas_multi *m, maas_stream *s)
 }
 
 /* Put the stream in the heap at its current earliest deadline (or take it out). */
-void maas_multi_track(maas_stream *s)
+static void maas_multi_track(maas_stream *s)
 {
-    maas_multi *m = s->multi;
+    maas_multi *m = s->sched_data;
     int64_t key;
     if (!m)
         return;
@@ -376,7 +377,8 @@ void maas_multi_free(maas_multi *m)
             s->err.pub.status = MAAS_ERR_CANCELLED;
             s->state = S_FAILED;
         }
-        s->multi = NULL;
+        s->sched = NULL;
+        s->sched_data = NULL;
         s->own.multi = NULL;
         s->prev = s->next = NULL;
         s->heap_index = SIZE_MAX;
@@ -394,9 +396,9 @@ void maas_multi_free(maas_multi *m)
     free(m);
 }
 
-void maas_multi_forget(maas_stream *s)
+static void maas_multi_forget(maas_stream *s)
 {
-    maas_multi *m = s->multi;
+    maas_multi *m = s->sched_data;
     unready(m, s);
     heap_remove(m, s);
     maas_stream_drop_attempt(s);
@@ -409,11 +411,13 @@ void maas_multi_forget(maas_stream *s)
     if (s->next)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
-    s->multi = NULL;
+    s->sched = NULL;
+    s->sched_data = NULL;
 }
 
-void maas_multi_note_cancel(maas_multi *m)
+static void maas_multi_note_cancel(maas_stream *s)
 {
+    maas_multi *m = s->sched_data;
     atomic_fetch_add(&m->cancels, 1);
     maas_multi_wakeup(m);
 }
@@ -424,6 +428,10 @@ static void armed(void *payload)
 {
     maas_multi_mark_ready(payload);
 }
+
+static const maas_stream_sched multi_sched = {
+    maas_multi_mark_ready, maas_multi_track, maas_multi_note_cancel, maas_multi_forget
+};
 
 maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request *request,
                            maas_token_cb on_token, maas_details_cb on_details, maas_done_cb on_done,
@@ -456,7 +464,8 @@ maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request 
     s->on_details = on_details;
     s->on_done = on_done;
     s->payload = payload;
-    s->multi = m;
+    s->sched = &multi_sched;
+    s->sched_data = m;
     m->ever_added = 1;
     s->next = m->streams;
     if (m->streams)

@@ -16,14 +16,15 @@
 #include <jansson.h>
 
 #include "auth.h"
-#include "client.h"
+#include "call.h"
+#include "clientdata.h"
 #include "clock.h"
 #include "http.h"
 #include "log.h"
 #include "models.h"
 #include "ndjson.h"
-#include "multi.h"
 #include "stream.h"
+#include "wipe.h"
 
 /* Monotonic seconds with the clock's resolution: a token may follow the last within a millisecond. */
 static double mono_s(void)
@@ -115,7 +116,7 @@ static const maas_model *resolve_model(maas_client *c, const maas_request *r, ma
     const maas_model *m;
     if (r->model_info)
         return r->model_info;
-    cat = maas_client_catalogue(c, err);
+    cat = maas_models_catalogue(c, err);
     if (!cat)
         return NULL;
     m = maas_model_list_find(cat, r->model);
@@ -241,8 +242,8 @@ static size_t on_write(char *data, size_t size, size_t n, void *userp)
         s->write_status = st;
         return 0;
     }
-    if (s->multi)
-        maas_multi_mark_ready(s);
+    if (s->sched)
+        s->sched->ready(s);
     return len;
 }
 
@@ -387,8 +388,8 @@ static maas_status start_attempt(maas_stream *s)
     if (st == MAAS_OK) {
         s->state = S_RUNNING;
         s->sent = 1;
-        if (s->multi)
-            maas_multi_track(s); /* its idle and deadline clocks */
+        if (s->sched)
+            s->sched->track(s); /* its idle and deadline clocks */
     }
     return st;
 }
@@ -444,8 +445,8 @@ static maas_status after_failed_attempt(maas_stream *s, maas_status st, int bloc
     s->state = S_BACKOFF;
     s->wake_at = now + delay;
     if (!block) {
-        if (s->multi)
-            maas_multi_track(s);
+        if (s->sched)
+            s->sched->track(s);
         return MAAS_PENDING;
     }
     st = maas_xfer_sleep(&s->x, s->wake_at - maas_now_ms(), &s->err);
@@ -819,7 +820,7 @@ maas_status maas_stream_next(maas_stream *s, const maas_token **out)
     *out = NULL;
     if (!s)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "stream is NULL");
-    if (s->multi)
+    if (s->sched)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT,
                          "the stream belongs to a maas_multi: its multi drives it");
     return maas_stream_advance(s, out, 1);
@@ -868,8 +869,8 @@ void maas_stream_cancel(maas_stream *s)
     atomic_store(&s->cancel, 1);
     /* It may be waiting in the token cache (a fetch of its own or another's). */
     maas_auth_wake(s->c);
-    if (s->multi)
-        maas_multi_note_cancel(s->multi);
+    if (s->sched)
+        s->sched->cancelled(s);
     else
         maas_xfer_wakeup(&s->x);
 }
@@ -878,8 +879,8 @@ void maas_stream_free(maas_stream *s)
 {
     if (!s)
         return;
-    if (s->multi)
-        maas_multi_forget(s);
+    if (s->sched)
+        s->sched->forget(s);
     maas_stream_drop_attempt(s);
     maas_xfer_cleanup(&s->x);
     maas_auth_release(&s->ticket);

@@ -1,6 +1,7 @@
 /*
  * stream: the state of one generation and the engine that advances it, for
- * stream.c (the blocking iterator) and multi.c (many streams on one thread).
+ * stream.c (the blocking iterator) and for whoever schedules streams without
+ * blocking, through maas_stream_sched (multi.c: many streams on one thread).
  */
 #ifndef MAAS_LIB_STREAM_H
 #define MAAS_LIB_STREAM_H
@@ -9,6 +10,7 @@
 #include <stdint.h>
 
 #include "auth.h"
+#include "clientdata.h"
 #include "error.h"
 #include "http.h"
 #include "ndjson.h"
@@ -29,7 +31,19 @@ typedef enum stream_state {
     S_FAILED
 } stream_state;
 
-struct maas_multi;
+struct maas_stream;
+
+/*
+ * What a stream tells whoever schedules it without blocking (a maas_multi):
+ * the scheduler sets s->sched and s->sched_data when it takes the stream, and
+ * the stream calls these, never its scheduler by name.
+ */
+typedef struct maas_stream_sched {
+    void (*ready)(struct maas_stream *s);     /* bytes arrived (inside libcurl): advance it soon */
+    void (*track)(struct maas_stream *s);     /* its clocks changed (maas_stream_next_deadline) */
+    void (*cancelled)(struct maas_stream *s); /* maas_stream_cancel, from any thread */
+    void (*forget)(struct maas_stream *s);    /* it is being freed: drop every reference */
+} maas_stream_sched;
 
 struct maas_stream {
     maas_client *c;
@@ -68,19 +82,21 @@ struct maas_stream {
 
     maas_error_rec err;
 
-    /* A stream of a maas_multi: its own easy handle in the multi's handle. */
-    struct maas_multi *multi;
+    /* A scheduled stream: its own easy handle in the scheduler's multi handle,
+     * the callbacks it was added with, and the scheduler's bookkeeping. */
+    const maas_stream_sched *sched;         /* NULL: the caller drives it (maas_stream_next) */
+    void *sched_data;                       /* the scheduler's own */
     maas_channel own;
     maas_token_cb on_token;
     maas_details_cb on_details;
     maas_done_cb on_done;
     void *payload;
-    struct maas_stream *prev, *next;        /* the multi's streams, until freed */
-    struct maas_stream *rprev, *rnext;      /* the multi's ready list */
+    struct maas_stream *prev, *next;        /* the scheduler's streams, until freed */
+    struct maas_stream *rprev, *rnext;      /* the scheduler's ready list */
     int ready;
     int details_reported;                   /* on_details was called */
     int finished;                           /* on_done was called */
-    size_t heap_index;                      /* position in the multi's timer heap, or SIZE_MAX */
+    size_t heap_index;                      /* position in the scheduler's timer heap, or SIZE_MAX */
 
     /* Monotonic seconds, for the timings of maas_details. */
     double t_start;                         /* the first attempt started */

@@ -15,7 +15,8 @@
 #include <pthread.h>
 #include <time.h>
 
-#include "client.h"
+#include "auth.h"
+#include "clientdata.h"
 #include "clock.h"
 #include "harness.h"
 

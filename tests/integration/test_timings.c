@@ -254,7 +254,7 @@ static void test_rate_limit_after_cut(void **state)
     finish(c);
 }
 
-/* The other endpoints' failures (maas_http_call) report them too. */
+/* The other endpoints' failures (maas_call) report them too. */
 static void test_rate_limit_on_models(void **state)
 {
     maas_client *c = client();

@@ -18,7 +18,8 @@
 
 #include <cmocka.h>
 
-#include "client.h"
+#include "auth.h"
+#include "clientdata.h"
 #include "clock.h"
 #include "harness.h"
 

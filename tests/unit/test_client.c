@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "client.h"
+#include "clientdata.h"
 
 static void clear_env(void)
 {

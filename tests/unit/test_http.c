@@ -8,7 +8,8 @@
 
 #include <cmocka.h>
 
-#include "client.h"
+#include "call.h"
+#include "clientdata.h"
 #include "http.h"
 
 static maas_status map(long http, const char *body, maas_endpoint ep, maas_error_rec *e)

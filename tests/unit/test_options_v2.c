@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "client.h"
+#include "clientdata.h"
 
 /* A 0.1.0 caller allocated exactly this much: ASan and valgrind catch a read past it. */
 static const size_t V1_SIZE = offsetof(maas_client_options, insecure_skip_tls_verify) + sizeof(int);
