@@ -724,9 +724,6 @@ static int group_teardown(void **state)
 
 int main(void)
 {
-    /* MAAS_TEST_FILTER=test_models_trickle runs only the tests matching it. */
-    if (getenv("MAAS_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("MAAS_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_idle_silent_server, reset),
         cmocka_unit_test_setup(test_idle_silent_after_headers, reset),
