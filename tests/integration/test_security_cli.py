@@ -6,9 +6,11 @@ import json
 import os
 import pty
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -179,11 +181,11 @@ class SecurityCli(unittest.TestCase):
 
     # ---- 5. core dumps ----------------------------------------------------------
 
-    def wait_not_dumpable(self, pid, timeout=30.0):
+    def wait_not_dumpable(self, pid, cli, timeout=30.0):
         """/proc/PID/status belongs to root once a process is not dumpable. Before
         setpriv has become the CLI it belongs to root too: wait for the exec."""
         deadline = time.monotonic() + timeout
-        maas = os.path.realpath(MAAS)
+        maas = os.path.realpath(cli)
         while time.monotonic() < deadline:
             try:
                 is_cli = os.readlink("/proc/%d/exe" % pid) == maas
@@ -207,13 +209,23 @@ class SecurityCli(unittest.TestCase):
         finally:
             ctl.stdin.close()
             ctl.wait(timeout=30)
-        p = subprocess.Popen(as_nobody + [MAAS, "generate", "--model", MISTRAL,
+        # That user may not reach the build tree (a clone under a 0700 directory):
+        # run a copy of the CLI, beside the library its run path ($ORIGIN/..) finds.
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        os.mkdir(os.path.join(tmp, "bin"))
+        cli = shutil.copy2(MAAS, os.path.join(tmp, "bin", "maas"))
+        shutil.copy2(os.path.join(os.path.dirname(os.path.realpath(MAAS)), "..", "libmaas.so.0"),
+                     tmp)
+        for d in (tmp, os.path.join(tmp, "bin")):
+            os.chmod(d, 0o755)
+        p = subprocess.Popen(as_nobody + [cli, "generate", "--model", MISTRAL,
                                           "--max-tokens", "3", "-"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=self.emu.env())
         try:
             # The CLI waits for its prompt on stdin: it is alive and past main's start.
-            dumpable_off = self.wait_not_dumpable(p.pid)
+            dumpable_off = self.wait_not_dumpable(p.pid, cli)
             with open("/proc/%d/limits" % p.pid) as f:
                 core = [line for line in f if line.startswith("Max core file size")]
         finally:
