@@ -31,9 +31,13 @@ int main(int argc, char **argv)
         request.prompt = argc > 1 ? argv[1] : "Tell me a joke";
         request.max_new_tokens = 40;
 
-        // Tokens arrive as std::string_view; returning false would stop the stream.
-        maas::Details details = client.generate(request, [](std::string_view text) {
-            std::cout << text << std::flush;
+        // Output is flushed once per network read (last_buffered), not once per
+        // token; returning false from the callback would stop the stream.
+        maas::Details details = client.generate(request, [](const maas::Token &t) {
+            if (!t.special)
+                std::cout << t.text;
+            if (t.last_buffered)
+                std::cout.flush();
         });
         std::cout << "\n";
         std::cerr << details.finish_reason_name << ", " << details.generated_tokens

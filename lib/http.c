@@ -152,8 +152,10 @@ maas_status maas_http_setup(maas_client *c, CURL *easy, char *errbuf, maas_error
 #endif
     SET(CURLOPT_SSL_VERIFYPEER, c->insecure ? 0L : 1L);
     SET(CURLOPT_SSL_VERIFYHOST, c->insecure ? 0L : 2L);
-    /* TLS 1.2 at least, whatever the system's OpenSSL policy would allow. */
+    /* TLS 1.2 at least, whatever the system's OpenSSL policy would allow,
+     * to the server and to an https:// proxy alike. */
     SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    SET(CURLOPT_PROXY_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     if (c->ca_bundle) {
         /* Exactly this bundle: libcurl's built-in CA directory would add the
          * system's CAs to it. */

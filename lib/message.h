@@ -1,7 +1,7 @@
 /*
  * message: maps decoded JSON onto libmaas structures. No I/O, no HTTP.
  *
- * Three wire shapes are understood (see API-FACTS):
+ * Three wire shapes are understood, those the service's published source sends:
  *  - a stream line  {"result": {"response": {...}}}  (also {"result": {...}})
  *                   or {"error": {"code", "message", "details"}};
  *  - an HTTP error body, wrapped {"error": {...}} or bare {"code", "message", "details"},

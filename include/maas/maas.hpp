@@ -426,6 +426,10 @@ struct Token {
     std::size_t index = 0;         /**< 0 for the first token of the stream */
     bool special = false;          /**< e.g. "</s>" */
     std::optional<double> logprob; /**< when the server sent one */
+    /** The last token of what the network has delivered so far (also the
+        final message's): flush buffered output here, once per read rather
+        than once per token, and once more when the stream ends. */
+    bool last_buffered = false;
 
     static Token from(const maas_token &t) noexcept
     {
@@ -436,6 +440,7 @@ struct Token {
         k.special = t.special != 0;
         if (t.has_logprob)
             k.logprob = t.logprob;
+        k.last_buffered = t.last_buffered != 0;
         return k;
     }
 };

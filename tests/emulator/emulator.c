@@ -1,6 +1,7 @@
 /*
- * maas-emulator: a local server speaking the MaaS API (API-FACTS.md) for
- * tests, demos and offline work.  docs/emulator.md is its guide.
+ * maas-emulator: a local server speaking the MaaS API, as the service's
+ * published source defines it, for tests, demos and offline work.
+ * docs/emulator.md is its guide.
  *
  * This file: the command line, the daemon's start and its clean shutdown.
  *

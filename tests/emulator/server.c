@@ -1,6 +1,7 @@
 /*
- * maas-emulator: libmicrohttpd callbacks, routing and the three endpoints
- * of API-FACTS.md, plus the /emulator/ control endpoints.
+ * maas-emulator: libmicrohttpd callbacks, routing and the service's three
+ * endpoints (POST /oauth2/token, GET /v1/maas/models, POST
+ * /v1/maas/generatestream), plus the /emulator/ control endpoints.
  *
  * Every request gets a `struct request` (con_cls).  The body is read in
  * full before any answer so that keep-alive survives every error path,

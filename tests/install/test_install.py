@@ -75,7 +75,7 @@ INSTALLED_EXAMPLES = ["hello.c", "multi-poll.c", "multi-uv.c", "cpp-example.cpp"
 SOURCE_PATH_RE = re.compile(
     r"(?<![\w/.-])(?:docs|examples|tests|lib|scripts|build|abi|pkgconfig|debian|cmake|"
     r"subprojects|include/maas)/"
-    r"|\w\.md\b|\.\./|API-FACTS|DESIGN\.md|/tmp/|/home/")
+    r"|\w\.md\b|\.\./|/tmp/|/home/")
 
 
 
