@@ -13,8 +13,9 @@ import re
 import sys
 
 NAME_RE = re.compile(r"(?<![%\w.-])([A-Za-z0-9][\w.-]*\.md)\b")
-# Not files but placeholders in running text: md2man's usage and docstring.
-NOT_FILES = {"INPUT.md", "maas_x.md"}
+# Not files but placeholders in running text: md2man's usage and docstring,
+# scripts/promises' message.
+NOT_FILES = {"INPUT.md", "maas_x.md", "PAGE.md"}
 SKIP_DIRS = {".git", "subprojects"}
 # The mutation patches quote code as a break would make it, not as it is.
 SKIP_PATHS = {os.path.join("tests", "mutations")}

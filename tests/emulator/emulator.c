@@ -30,7 +30,8 @@ struct emu_config g_cfg;
 struct emu_stats g_stats;
 
 static const char usage[] =
-    "usage: maas-emulator [--host ADDR] [--port N] [--client-id ID] [--client-secret S]\n"
+    "usage: maas-emulator [--host ADDR] [--port N] [--token-port N]\n"
+    "                     [--client-id ID] [--client-secret S]\n"
     "                     [--cloud-account ACC] [--token-lifetime SECONDS]\n"
     "                     [--token-delay-ms N] [--token-interval-ms N] [--fault SPEC]...\n"
     "                     [--random-fault PERCENT:SPEC[+SPEC...]]... [--random-seed N]\n"
@@ -39,13 +40,16 @@ static const char usage[] =
     "                     [--tls-cert PEM --tls-key PEM] [--quiet] [--help] [--version]\n"
     "                     [--allow-non-loopback]\n"
     "\n"
-    "A local server for the Intel Tiber AI Cloud MaaS API: POST /oauth2/token,\n"
-    "GET /v1/maas/models, POST /v1/maas/generatestream, and /emulator/ control\n"
-    "endpoints.  Once listening it prints MAAS_API_BASE_URL, MAAS_AUTH_URL and\n"
+    "A local server for the Intel Tiber AI Cloud MaaS API: GET /v1/maas/models and\n"
+    "POST /v1/maas/generatestream on one port, POST /oauth2/token on a second one\n"
+    "(the service has them on two hosts), /emulator/ control endpoints on both.\n"
+    "Once listening it prints MAAS_API_BASE_URL, MAAS_AUTH_URL and\n"
     "MAAS_EMULATOR_URL lines on stdout, then serves until SIGINT or SIGTERM.\n"
     "\n"
     "  --host ADDR              address to listen on (default 127.0.0.1)\n"
-    "  --port N                 port, 0 for an ephemeral one (default 0)\n"
+    "  --port N                 the API's port, 0 for an ephemeral one (default 0)\n"
+    "  --token-port N           the token endpoint's port, 0 for an ephemeral one\n"
+    "                           (default 0)\n"
     "  --client-id ID           accepted client id (default test-client)\n"
     "  --client-secret S        accepted client secret (default test-secret)\n"
     "  --cloud-account ACC      the caller's cloudAccountId (default 123456789012)\n"
@@ -188,7 +192,7 @@ static bool resolve_host(const char *host, struct sockaddr_storage *ss, socklen_
 }
 
 enum {
-    OPT_HOST = 256, OPT_PORT, OPT_ID, OPT_SECRET, OPT_ACCOUNT, OPT_LIFETIME, OPT_TOKEN_DELAY,
+    OPT_HOST = 256, OPT_PORT, OPT_TOKEN_PORT, OPT_ID, OPT_SECRET, OPT_ACCOUNT, OPT_LIFETIME, OPT_TOKEN_DELAY,
     OPT_INTERVAL, OPT_FAULT, OPT_RANDOM_FAULT, OPT_RANDOM_SEED, OPT_CERT, OPT_KEY, OPT_QUIET, OPT_HELP, OPT_VERSION,
     OPT_ALLOW_REMOTE,
     OPT_EXPIRES_IN, OPT_FAIL_AFTER, OPT_RANDOM,
@@ -240,6 +244,7 @@ static void parse_args(int argc, char **argv)
     static const struct option opts[] = {
         {"host", required_argument, NULL, OPT_HOST},
         {"port", required_argument, NULL, OPT_PORT},
+        {"token-port", required_argument, NULL, OPT_TOKEN_PORT},
         {"client-id", required_argument, NULL, OPT_ID},
         {"client-secret", required_argument, NULL, OPT_SECRET},
         {"cloud-account", required_argument, NULL, OPT_ACCOUNT},
@@ -275,6 +280,9 @@ static void parse_args(int argc, char **argv)
             break;
         case OPT_PORT:
             g_cfg.port = (unsigned)num_arg("--port", optarg, 0, 65535);
+            break;
+        case OPT_TOKEN_PORT:
+            g_cfg.token_port = (unsigned)num_arg("--token-port", optarg, 0, 65535);
             break;
         case OPT_ID:
             if (!optarg[0])
@@ -348,6 +356,42 @@ static void parse_args(int argc, char **argv)
         g_cfg.tls_cert = read_file(cert);
         g_cfg.tls_key = read_file(key);
     }
+}
+
+/* One MHD daemon on `addr` at `port` (0: an ephemeral one); NULL and errno
+ * set if it cannot listen. */
+static struct MHD_Daemon *start_listener(unsigned flags, const struct sockaddr_storage *addr,
+                                         unsigned port, enum listener which, unsigned limit,
+                                         struct MHD_OptionItem *tls)
+{
+    struct sockaddr_storage a = *addr;
+    if (a.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&a)->sin6_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in *)&a)->sin_port = htons((uint16_t)port);
+    errno = 0;
+    return MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, on_request, EMU_LISTENER(which),
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&a,
+        MHD_OPTION_CONNECTION_LIMIT, limit,
+        MHD_OPTION_CONNECTION_TIMEOUT, 0u,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024), /* ~31 KiB writes */
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+        MHD_OPTION_ARRAY, tls,
+        MHD_OPTION_END);
+}
+
+/* scheme://host:port of a listener, the port it was given if 0 was asked. */
+static void listener_url(struct MHD_Daemon *d, unsigned asked, char *out, size_t n)
+{
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    unsigned port = info ? info->port : asked;
+    bool brackets = strchr(g_cfg.host, ':') && g_cfg.host[0] != '[';
+    snprintf(out, n, "%s://%s%s%s:%u", g_cfg.tls_cert ? "https" : "http", brackets ? "[" : "",
+             g_cfg.host, brackets ? "]" : "", port);
 }
 
 int main(int argc, char **argv)
@@ -435,37 +479,29 @@ int main(int argc, char **argv)
         tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, g_cfg.tls_cert};
         tls[2] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
     }
-    errno = 0;
-    struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)g_cfg.port, NULL, NULL, on_request, NULL,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_CONNECTION_LIMIT, limit,
-        MHD_OPTION_CONNECTION_TIMEOUT, 0u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024), /* ~31 KiB writes */
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
-        MHD_OPTION_ARRAY, tls,
-        MHD_OPTION_END);
-    if (!d) {
+    /* The API and the token endpoint each on a listener of its own, as the
+     * service has them on two hosts: a client opens a connection to each,
+     * and a token request sent to the API (or the reverse) is a 404. */
+    struct MHD_Daemon *d = start_listener(flags, &addr, g_cfg.port, LISTENER_API, limit, tls);
+    struct MHD_Daemon *td = d ? start_listener(flags, &addr, g_cfg.token_port, LISTENER_TOKEN,
+                                               limit, tls)
+                              : NULL;
+    if (!d || !td) {
         int e = errno;
         fprintf(stderr, "maas-emulator: cannot listen on %s port %u%s%s\n", g_cfg.host,
-                g_cfg.port, e ? ": " : "", e ? strerror(e) : "");
+                d ? g_cfg.token_port : g_cfg.port, e ? ": " : "", e ? strerror(e) : "");
+        if (d)
+            MHD_stop_daemon(d);
         sched_stop();
         gen_free();
         tokens_free();
         return 1;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    unsigned port = info ? info->port : g_cfg.port;
-    const char *scheme = g_cfg.tls_cert ? "https" : "http";
-    bool brackets = strchr(g_cfg.host, ':') && g_cfg.host[0] != '[';
-    char base[300];
-    snprintf(base, sizeof base, "%s://%s%s%s:%u", scheme, brackets ? "[" : "", g_cfg.host,
-             brackets ? "]" : "", port);
+    char base[300], token_base[300];
+    listener_url(d, g_cfg.port, base, sizeof base);
+    listener_url(td, g_cfg.token_port, token_base, sizeof token_base);
     printf("MAAS_API_BASE_URL=%s/v1/maas\n", base);
-    printf("MAAS_AUTH_URL=%s/oauth2/token\n", base);
+    printf("MAAS_AUTH_URL=%s/oauth2/token\n", token_base);
     printf("MAAS_EMULATOR_URL=%s\n", base);
     fflush(stdout);
     if (!g_quiet)
@@ -481,7 +517,7 @@ int main(int argc, char **argv)
 
     /* No new connections; wake every parked one (it ends with an error);
      * wait until MHD has taken them all back, then stop. */
-    MHD_socket ls = MHD_quiesce_daemon(d);
+    MHD_socket ls = MHD_quiesce_daemon(d), tls_ls = MHD_quiesce_daemon(td);
     sched_stop();
     uint64_t until = now_ms() + 5000;
     while (sched_suspended() > 0 && now_ms() < until) {
@@ -494,8 +530,11 @@ int main(int argc, char **argv)
         _exit(0);
     }
     MHD_stop_daemon(d);
+    MHD_stop_daemon(td);
     if (ls != MHD_INVALID_SOCKET)
         close(ls);
+    if (tls_ls != MHD_INVALID_SOCKET)
+        close(tls_ls);
     fault_queue_clear();
     tokens_free();
     gen_free();

@@ -153,6 +153,7 @@ enum wrong_type {
 struct emu_config {
     const char *host;
     unsigned port;
+    unsigned token_port;
     const char *client_id;
     const char *client_secret;
     const char *cloud_account;
@@ -179,7 +180,8 @@ struct emu_stats {
     atomic_long generations;
     atomic_long generate_requests;
     atomic_long unauthorized;
-    atomic_long connections_opened;
+    atomic_long connections_opened;       /* that carried an API request */
+    atomic_long token_connections_opened; /* that carried a token request */
     atomic_long connections_open;
     atomic_long streams_active;
     atomic_long random_faults;
@@ -383,6 +385,10 @@ ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max);
 void body_reader_free(void *cls);
 /* server.c */
 void request_unref(struct request *rq);
+/* The cls of on_request: which listener took the connection. The token
+ * endpoint has its own, as the service's token host is not its API host. */
+enum listener { LISTENER_API = 1, LISTENER_TOKEN = 2 };
+#define EMU_LISTENER(l) ((void *)(intptr_t)(l))
 enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                            const char *method, const char *version, const char *upload_data,
                            size_t *upload_data_size, void **con_cls);

@@ -667,6 +667,8 @@ static json_t *stats_json(void)
                      "last_user_agent", ua);
     if (o) {
         json_object_set_new(o, "last_grpc_timeout", json_string(gt));
+        json_object_set_new(o, "token_connections_opened",
+                            json_integer((json_int_t)atomic_load(&g_stats.token_connections_opened)));
         json_object_set_new(o, "random_faults",
                             json_integer((json_int_t)atomic_load(&g_stats.random_faults)));
     }
@@ -734,6 +736,7 @@ static enum MHD_Result handle_control(struct request *rq)
         atomic_store(&g_stats.generate_requests, 0);
         atomic_store(&g_stats.unauthorized, 0);
         atomic_store(&g_stats.connections_opened, 0);
+        atomic_store(&g_stats.token_connections_opened, 0);
         fault_queue_clear();
         return send_json(rq, 200, stats_json(), NULL);
     case ROUTE_EMU_EXPIRE:
@@ -838,16 +841,17 @@ struct conn_ctx {
 };
 
 /* connections_opened counts connections that carried at least one API
- * request, so that a test reading /emulator/stats on connections of its own
- * does not change what it reads (connections_open counts them all). */
-static void count_api_connection(struct MHD_Connection *conn)
+ * request (token_connections_opened, one token request), so that a test
+ * reading /emulator/stats on connections of its own does not change what it
+ * reads (connections_open counts them all). */
+static void count_api_connection(struct MHD_Connection *conn, atomic_long *counter)
 {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     struct conn_ctx *cc = ci ? ci->socket_context : NULL;
     if (cc && !cc->api) {
         cc->api = true;
-        atomic_fetch_add(&g_stats.connections_opened, 1);
+        atomic_fetch_add(counter, 1);
     }
 }
 
@@ -855,7 +859,6 @@ enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *u
                            const char *method, const char *version, const char *upload_data,
                            size_t *upload_data_size, void **con_cls)
 {
-    (void)cls;
     (void)version;
     (void)upload_data;
     struct request *rq = *con_cls;
@@ -864,20 +867,26 @@ enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *u
         if (!rq)
             return MHD_NO;
         *con_cls = rq;
+        /* Each host answers its own paths (the control endpoints both): a
+         * token request sent to the API, or the reverse, is a 404. */
+        if ((intptr_t)cls == LISTENER_TOKEN
+                ? rq->route == ROUTE_MODELS || rq->route == ROUTE_GENERATE
+                : rq->route == ROUTE_TOKEN)
+            rq->route = ROUTE_UNKNOWN;
         switch (rq->route) {
         case ROUTE_TOKEN:
             atomic_fetch_add(&g_stats.token_requests, 1);
-            count_api_connection(conn);
+            count_api_connection(conn, &g_stats.token_connections_opened);
             record_user_agent(conn);
             break;
         case ROUTE_MODELS:
             atomic_fetch_add(&g_stats.models_requests, 1);
-            count_api_connection(conn);
+            count_api_connection(conn, &g_stats.connections_opened);
             record_user_agent(conn);
             break;
         case ROUTE_GENERATE:
             atomic_fetch_add(&g_stats.generate_requests, 1);
-            count_api_connection(conn);
+            count_api_connection(conn, &g_stats.connections_opened);
             record_user_agent(conn);
             record_grpc_timeout(conn);
             break;
