@@ -379,7 +379,7 @@ static struct MHD_Daemon *start_listener(unsigned flags, const struct sockaddr_s
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024), /* ~31 KiB writes */
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, EMU_LISTENER(which),
         MHD_OPTION_ARRAY, tls,
         MHD_OPTION_END);
 }

@@ -182,7 +182,8 @@ struct emu_stats {
     atomic_long unauthorized;
     atomic_long connections_opened;       /* that carried an API request */
     atomic_long token_connections_opened; /* that carried a token request */
-    atomic_long connections_open;
+    atomic_long connections_open;         /* on both listeners */
+    atomic_long token_connections_open;   /* on the token endpoint's listener */
     atomic_long streams_active;
     atomic_long random_faults;
 };

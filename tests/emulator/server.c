@@ -667,6 +667,11 @@ static json_t *stats_json(void)
                      "last_user_agent", ua);
     if (o) {
         json_object_set_new(o, "last_grpc_timeout", json_string(gt));
+        json_object_set_new(o, "api_connections_open",
+                            json_integer((json_int_t)(atomic_load(&g_stats.connections_open) -
+                                                      atomic_load(&g_stats.token_connections_open))));
+        json_object_set_new(o, "token_connections_open",
+                            json_integer((json_int_t)atomic_load(&g_stats.token_connections_open)));
         json_object_set_new(o, "token_connections_opened",
                             json_integer((json_int_t)atomic_load(&g_stats.token_connections_opened)));
         json_object_set_new(o, "random_faults",
@@ -838,7 +843,26 @@ static enum MHD_Result respond(struct request *rq)
 /* Per TCP connection: has it carried an API request yet? */
 struct conn_ctx {
     bool api;
+    bool token_listener; /* accepted by the token endpoint's listener */
+    bool gone;           /* no longer counted as open (see conn_gone) */
 };
+
+/*
+ * Count a connection as closed once. A request that ends with an error
+ * (the client hung up on a parked stream, a dropped or cut stream) dooms its
+ * connection, but MHD may report the close itself (NOTIFY_CLOSED) much
+ * later for a connection that was suspended: counting it at the request's
+ * end keeps connections_open what the client sees.
+ */
+static void conn_gone(struct conn_ctx *cc)
+{
+    if (!cc || cc->gone)
+        return;
+    cc->gone = true;
+    if (cc->token_listener)
+        atomic_fetch_sub(&g_stats.token_connections_open, 1);
+    atomic_fetch_sub(&g_stats.connections_open, 1);
+}
 
 /* connections_opened counts connections that carried at least one API
  * request (token_connections_opened, one token request), so that a test
@@ -951,7 +975,11 @@ void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                   enum MHD_RequestTerminationCode toe)
 {
     (void)cls;
-    (void)conn;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        conn_gone(ci ? ci->socket_context : NULL);
+    }
     struct request *rq = *con_cls;
     if (!rq)
         return;
@@ -964,10 +992,14 @@ void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                    enum MHD_ConnectionNotificationCode toe)
 {
-    (void)cls;
     (void)conn;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        *socket_context = calloc(1, sizeof(struct conn_ctx));
+        struct conn_ctx *cc = calloc(1, sizeof *cc);
+        *socket_context = cc;
+        if (cc && (intptr_t)cls == LISTENER_TOKEN) {
+            cc->token_listener = true;
+            atomic_fetch_add(&g_stats.token_connections_open, 1);
+        }
         long open = atomic_fetch_add(&g_stats.connections_open, 1) + 1;
         static uint64_t warned;
         if (open >= (long)g_cfg.conn_limit && now_ms() - warned > 10000) {
@@ -977,8 +1009,12 @@ void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context
                     open, g_cfg.conn_limit, g_cfg.nofile);
         }
     } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
-        free(*socket_context);
+        struct conn_ctx *cc = *socket_context;
+        if (cc)
+            conn_gone(cc);
+        else
+            atomic_fetch_sub(&g_stats.connections_open, 1);
+        free(cc);
         *socket_context = NULL;
-        atomic_fetch_sub(&g_stats.connections_open, 1);
     }
 }

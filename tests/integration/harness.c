@@ -225,6 +225,29 @@ long emu_wait_connections(const emu *e, long want, long timeout_ms)
     return v < 0 ? v : v - 1;
 }
 
+long emu_wait_api_connections(const emu *e, long want, long timeout_ms)
+{
+    long v = emu_wait_stat(e, "api_connections_open", want + 1, timeout_ms);
+    return v < 0 ? v : v - 1;
+}
+
+int emu_idle(const emu *e, long max_api, char *why, size_t whylen)
+{
+    long streams = emu_wait_stat(e, "streams_active", 0, 5000);
+    long api = emu_wait_api_connections(e, 0, 0);
+    /* A connection closes asynchronously: give one that is closing time. */
+    if (api > max_api)
+        api = emu_wait_api_connections(e, max_api, 5000);
+    if (streams != 0 || api < 0 || api > max_api) {
+        snprintf(why, whylen,
+                 "%ld streams still served, %ld connections open to the API (at most %ld kept "
+                 "alive)",
+                 streams, api, max_api);
+        return -1;
+    }
+    return 0;
+}
+
 long emu_post(const emu *e, const char *path, const char *json)
 {
     struct body b;

@@ -40,6 +40,17 @@ long emu_wait_stat(const emu *e, const char *name, long want, long timeout_ms);
  * request, once that number equals `want` or `timeout_ms` passed.
  */
 long emu_wait_connections(const emu *e, long want, long timeout_ms);
+/* The same for connections to the API's listener only (not the token endpoint's). */
+long emu_wait_api_connections(const emu *e, long want, long timeout_ms);
+/*
+ * Connection hygiene while a client is still alive (maas_client_free closes
+ * everything, so checking after it proves nothing): no stream is still being
+ * served (an abandoned stream's connection was closed, not kept half-read),
+ * at most `max_api` kept-alive connections to the API are open. 0 if so;
+ * else -1 and what was seen in `why`. Connections to the token endpoint are
+ * not counted: each channel of the blocking calls may keep one.
+ */
+int emu_idle(const emu *e, long max_api, char *why, size_t whylen);
 /* POST a control endpoint (e.g. "/emulator/reset") with a JSON body (may be NULL). HTTP status. */
 long emu_post(const emu *e, const char *path, const char *json);
 /* Queue a fault for the next `count` requests to `path`. */

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,6 +132,47 @@ static void test_garbage_token_answer(void **state)
     assert_int_equal(emu_stop(&e), 0);
 }
 
+/*
+ * The token endpoint and the API are two listeners, as the service has two
+ * hosts: a token URL aimed at the API's port, or an API URL aimed at the
+ * token endpoint's, is a 404, so no test can pass by using the wrong one.
+ */
+static void test_two_listeners(void **state)
+{
+    emu e;
+    maas_client_options o;
+    maas_client *c = NULL;
+    maas_model_list *l = NULL;
+    char wrong_auth[300], wrong_api[300];
+    (void)state;
+    assert_int_equal(emu_start(&e, NULL), 0);
+    assert_string_not_equal(e.api, e.auth);
+
+    snprintf(wrong_auth, sizeof wrong_auth, "%s/oauth2/token", e.root);
+    emu_options(&e, &o);
+    o.auth_url = wrong_auth;
+    o.max_retries = MAAS_RETRIES_OFF;
+    assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
+    assert_int_not_equal(maas_client_authenticate(c), MAAS_OK);
+    assert_int_equal(maas_last_error()->http_status, 404);
+    maas_client_free(c);
+    assert_int_equal(emu_stat(&e, "token_requests"), 0);
+
+    /* The API's paths on the token endpoint's port. */
+    snprintf(wrong_api, sizeof wrong_api, "%.*s/v1/maas",
+             (int)(strstr(e.auth, "/oauth2/token") - e.auth), e.auth);
+    emu_options(&e, &o);
+    o.api_base_url = wrong_api;
+    o.max_retries = MAAS_RETRIES_OFF;
+    assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
+    assert_int_not_equal(maas_models_list(&l, c), MAAS_OK);
+    assert_int_equal(maas_last_error()->http_status, 404);
+    assert_int_equal(emu_stat(&e, "token_requests"), 1);
+    assert_int_equal(emu_stat(&e, "models_requests"), 0);
+    maas_client_free(c);
+    assert_int_equal(emu_stop(&e), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -138,6 +180,7 @@ int main(void)
         cmocka_unit_test(test_short_lifetime),
         cmocka_unit_test(test_failed_fetch_is_reported_and_retried_later),
         cmocka_unit_test(test_garbage_token_answer),
+        cmocka_unit_test(test_two_listeners),
     };
     return cmocka_run_group_tests_name("auth", tests, NULL, NULL);
 }

@@ -317,22 +317,33 @@ static void proxy_mark(proxy *p)
     p->log_seen = stat(p->log, &st) == 0 ? (long)st.st_size : 0;
 }
 
-/* Requests the proxy received since the mark: all of them, and those that were CONNECT. */
-static void proxy_requests(const proxy *p, int *all, int *connects, const char *connect_to)
+/*
+ * Requests the proxy received since the mark: all of them, and how many were
+ * a CONNECT to each of `targets` (host:port, NULL-terminated).
+ */
+static void proxy_requests(const proxy *p, int *all, int *connects, const char *const *targets)
 {
     char *log = proxy_log_new(p), *line, *save = NULL;
-    char want[128];
-    snprintf(want, sizeof want, "CONNECT %s ", connect_to);
-    *all = *connects = 0;
+    size_t i;
+    *all = 0;
+    for (i = 0; targets[i]; i++)
+        connects[i] = 0;
     assert_non_null(log);
     for (line = strtok_r(log, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        int matched = 0;
         if (!strstr(line, "]: Request ("))
             continue;
         (*all)++;
-        if (strstr(line, want))
-            (*connects)++;
-        else if (getenv("MAAS_TEST_VERBOSE"))
-            print_message("not a CONNECT to %s: %s\n", connect_to, line);
+        for (i = 0; targets[i] && !matched; i++) {
+            char want[160];
+            snprintf(want, sizeof want, "CONNECT %s ", targets[i]);
+            if (strstr(line, want)) {
+                connects[i]++;
+                matched = 1;
+            }
+        }
+        if (!matched && getenv("MAAS_TEST_VERBOSE"))
+            print_message("not a CONNECT to the API or the token endpoint: %s\n", line);
     }
     free(log);
 }
@@ -414,22 +425,34 @@ static void expect_working(maas_client *c)
     maas_free(text);
 }
 
-/* The proxy saw `want` requests since the mark, each a CONNECT to the emulator `e`. */
-static void expect_proxied(const proxy *p, const emu *e, int want_at_least)
+enum { TO_API = 1, TO_TOKEN = 2, TO_BOTH = 3 };
+
+/*
+ * Every request the proxy saw since the mark was a CONNECT to the emulator
+ * `e`'s API or its token endpoint (two listeners, as the service has two
+ * hosts), with at least one tunnel to each host in `to` and none to the other.
+ */
+static void expect_proxied(const proxy *p, const emu *e, int to)
 {
-    int all, connects;
-    char to[128];
-    authority(e->api, to, sizeof to);
-    proxy_requests(p, &all, &connects, to);
-    if (all < want_at_least || connects != all)
-        fail_msg("the proxy saw %d requests, %d of them CONNECT %s (wanted >= %d, all CONNECT)",
-                 all, connects, to, want_at_least);
+    int all, connects[2];
+    char api[128], auth[128];
+    const char *const targets[] = { api, auth, NULL };
+    authority(e->api, api, sizeof api);
+    authority(e->auth, auth, sizeof auth);
+    proxy_requests(p, &all, connects, targets);
+    if (connects[0] + connects[1] != all || !connects[0] != !(to & TO_API) ||
+        !connects[1] != !(to & TO_TOKEN))
+        fail_msg("the proxy saw %d requests, %d of them CONNECT %s (the API) and %d CONNECT %s "
+                 "(the token endpoint); wanted only CONNECTs, to %s",
+                 all, connects[0], api, connects[1], auth,
+                 to == TO_BOTH ? "both" : to == TO_API ? "the API only" : "the token endpoint only");
 }
 
 static void expect_not_proxied(const proxy *p)
 {
-    int all, connects;
-    proxy_requests(p, &all, &connects, "-");
+    int all, connects[1];
+    const char *const none[] = { NULL };
+    proxy_requests(p, &all, connects, none);
     assert_int_equal(all, 0);
 }
 
@@ -521,7 +544,7 @@ static void test_proxy_option(void **state)
     expect_working(c);
     finish(c);
     /* The token endpoint and the API: at least one tunnel, and nothing but tunnels. */
-    expect_proxied(&P, &E, 1);
+    expect_proxied(&P, &E, TO_BOTH);
     expect_log_clean(&P, NULL);
     assert_int_equal(emu_stat(&E, "tokens_issued"), 1);
     assert_int_equal(emu_stat(&E, "generations"), 1);
@@ -543,7 +566,7 @@ static void test_tls_verified_end_to_end(void **state)
     assert_contains(maas_last_error()->message, "certificate");
     finish(c);
     /* It went through the proxy, which could not stand in for the server. */
-    expect_proxied(&P, &E, 1);
+    expect_proxied(&P, &E, TO_TOKEN);
     assert_int_equal(emu_stat(&E, "tokens_issued"), 0);
 }
 
@@ -560,7 +583,7 @@ static void test_plain_http_is_tunnelled(void **state)
     c = client_from(&o);
     expect_working(c);
     maas_client_free(c);
-    expect_proxied(&P, &PLAIN, 1);
+    expect_proxied(&P, &PLAIN, TO_BOTH);
     expect_log_clean(&P, NULL);
 
     /* A static token too. */
@@ -578,7 +601,7 @@ static void test_plain_http_is_tunnelled(void **state)
         maas_model_list_free(l);
     }
     maas_client_free(c);
-    expect_proxied(&P, &PLAIN, 1);
+    expect_proxied(&P, &PLAIN, TO_API);
     expect_log_clean(&P, token);
 }
 
@@ -598,7 +621,7 @@ static void test_https_proxy_variables(void **state)
         assert_int_equal(maas_client_new(&c, NULL), MAAS_OK);
         expect_working(c);
         finish(c);
-        expect_proxied(&P, &E, 1);
+        expect_proxied(&P, &E, TO_BOTH);
         expect_log_clean(&P, NULL);
     }
 }
@@ -633,7 +656,7 @@ static void test_no_proxy_bypass(void **state)
         c = client_from(&o);
         expect_working(c);
         finish(c);
-        expect_proxied(&P, &E, 1);
+        expect_proxied(&P, &E, TO_BOTH);
     }
 }
 
@@ -663,7 +686,7 @@ static void test_option_overrides_variables(void **state)
     c = client_from(&o);
     expect_working(c);
     finish(c);
-    expect_proxied(&P, &E, 1);
+    expect_proxied(&P, &E, TO_BOTH);
 }
 
 static void expect_refused(const proxy *p, maas_status st, int http_status)
@@ -740,7 +763,7 @@ static void test_proxy_requires_credentials(void **state)
     assert_non_null(maas_stream_details(s));
     maas_stream_free(s);
     finish(c);
-    expect_proxied(auth, &E, 1);
+    expect_proxied(auth, &E, TO_BOTH);
     expect_log_clean(auth, "a-token-never-sent-in-clear");
 }
 
