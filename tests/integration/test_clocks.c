@@ -26,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "engines.h"
 #include "harness.h"
 #include "rawserver.h"
 
@@ -34,14 +35,11 @@ static maas_model_list *CATALOGUE; /* from the emulator, for requests sent to a 
 
 #define MISTRAL "mistralai/Mistral-7B-Instruct-v0.1"
 #define UPPER_MS 20000L            /* "well before": a clock that works ends long before this */
-#define STUCK_MS 45000L            /* a driver gives up here: the clock did not fire */
 #define WATCHDOG_S 90              /* a blocking call still running then never ends */
 
 static long now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return engine_now_ms();
 }
 
 /*
@@ -74,192 +72,14 @@ static void unwatch(void)
     alarm(0);
 }
 
-/* ---- the engines ---------------------------------------------------------------------- */
+/* ---- the engines (engines.c) ------------------------------------------------------------- */
 
-enum engine { BLOCKING, PULL, POLL, EVENT, ENGINES };
-static const char *const engine_name[] = { "maas_generate", "maas_stream_next",
-                                           "multi poll", "multi event loop" };
-
-struct outcome {
-    maas_status st;
-    char message[512];
-    unsigned attempts;
-    long ms;
-    size_t tokens;
-    int done;
-};
-
-static void take_error(struct outcome *o, const maas_error *e)
-{
-    if (!e)
-        return;
-    snprintf(o->message, sizeof o->message, "%s", e->message);
-    o->attempts = e->attempts;
-}
-
-static int count_token(const maas_token *t, void *p)
-{
-    (void)t;
-    ((struct outcome *)p)->tokens++;
-    return 0;
-}
-
-static void on_done(maas_stream *s, maas_status st, void *p)
-{
-    struct outcome *o = p;
-    o->st = st;
-    o->done = 1;
-    if (st != MAAS_OK)
-        take_error(o, maas_stream_error(s));
-}
-
-struct loop {
-    struct pollfd fds[64];
-    int nfds;
-    long timer_ms; /* -1: none */
-    long timer_set;
-};
-
-static int loop_socket(int fd, int what, void *payload, void *socket_payload)
-{
-    struct loop *l = payload;
-    int i;
-    (void)socket_payload;
-    for (i = 0; i < l->nfds && l->fds[i].fd != fd; i++)
-        ;
-    if (what == MAAS_POLL_REMOVE) {
-        if (i < l->nfds)
-            l->fds[i] = l->fds[--l->nfds];
-        return 0;
-    }
-    if (i == l->nfds) {
-        if (l->nfds == (int)(sizeof l->fds / sizeof l->fds[0]))
-            return -1;
-        l->nfds++;
-    }
-    l->fds[i].fd = fd;
-    l->fds[i].events = (short)(((what & MAAS_POLL_IN) ? POLLIN : 0) |
-                               ((what & MAAS_POLL_OUT) ? POLLOUT : 0));
-    return 0;
-}
-
-static int loop_timer(long timeout_ms, void *payload)
-{
-    struct loop *l = payload;
-    l->timer_ms = timeout_ms;
-    l->timer_set = now_ms();
-    return 0;
-}
-
-static long timer_left(const struct loop *l)
-{
-    long left;
-    if (l->timer_ms < 0)
-        return -1;
-    left = l->timer_set + l->timer_ms - now_ms();
-    return left > 0 ? left : 0;
-}
-
-/*
- * A multi as an application drives it: it waits as long as the multi says
- * (maas_multi_timeout() or the timer callback), and -1 means "until a socket
- * is ready", which a silent server never is (capped at STUCK_MS here).
- */
-static void drive_multi(maas_multi *m, struct loop *l, struct outcome *o, long start)
-{
-    size_t running = 1;
-    while (!o->done && now_ms() - start < STUCK_MS) {
-        if (!l) {
-            long t = maas_multi_timeout(m);
-            assert_int_equal(maas_multi_poll(m, (int)(t < 0 ? STUCK_MS : t), &running), MAAS_OK);
-            continue;
-        }
-        {
-            long wait = timer_left(l);
-            struct pollfd fired[64];
-            int n, i, k = 0;
-            n = poll(l->fds, (nfds_t)l->nfds, (int)(wait < 0 ? STUCK_MS : wait));
-            assert_true(n >= 0);
-            for (i = 0; n > 0 && i < l->nfds; i++)
-                if (l->fds[i].revents)
-                    fired[k++] = l->fds[i];
-            for (i = 0; i < k; i++) {
-                int ev = 0;
-                if (fired[i].revents & (POLLIN | POLLHUP | POLLERR))
-                    ev |= MAAS_POLL_IN;
-                if (fired[i].revents & POLLOUT)
-                    ev |= MAAS_POLL_OUT;
-                assert_int_equal(maas_multi_socket_action(m, fired[i].fd, ev, &running), MAAS_OK);
-            }
-            if (timer_left(l) == 0) {
-                l->timer_ms = -1;
-                assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running),
-                                 MAAS_OK);
-            }
-        }
-    }
-}
-
-/* One generation through engine `e`; what it ended with and how long it took. */
+/* One generation through engine `e`, under the watchdog. */
 static void run(enum engine e, maas_client *c, const maas_request *r, struct outcome *o)
 {
-    long start = now_ms();
-    memset(o, 0, sizeof *o);
     watch(engine_name[e]);
-    switch (e) {
-    case BLOCKING:
-        o->st = maas_generate(c, r, count_token, NULL, o);
-        if (o->st != MAAS_OK)
-            take_error(o, maas_last_error());
-        break;
-    case PULL: {
-        maas_stream *s = NULL;
-        const maas_token *t;
-        o->st = maas_stream_open(&s, c, r);
-        if (o->st != MAAS_OK) {
-            take_error(o, maas_last_error());
-            break;
-        }
-        while ((o->st = maas_stream_next(s, &t)) == MAAS_OK)
-            o->tokens++;
-        if (o->st == MAAS_DONE)
-            o->st = MAAS_OK;
-        else
-            take_error(o, maas_stream_error(s));
-        maas_stream_free(s);
-        break;
-    }
-    case POLL:
-    case EVENT: {
-        maas_multi *m = NULL;
-        maas_stream *s = NULL;
-        struct loop l;
-        memset(&l, 0, sizeof l);
-        l.timer_ms = -1;
-        assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
-        if (e == EVENT)
-            assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, &l), MAAS_OK);
-        o->st = maas_multi_add(&s, m, r, count_token, NULL, on_done, o);
-        if (o->st != MAAS_OK) {
-            take_error(o, maas_last_error());
-        } else {
-            drive_multi(m, e == EVENT ? &l : NULL, o, start);
-            if (!o->done) {
-                o->st = MAAS_ERR_INTERNAL;
-                snprintf(o->message, sizeof o->message, "the multi never ended the stream");
-            }
-            maas_stream_free(s);
-        }
-        maas_multi_free(m);
-        if (e == EVENT)
-            assert_int_equal(l.nfds, 0);
-        break;
-    }
-    default:
-        fail();
-    }
+    engine_run(e, c, r, NULL, o);
     unwatch();
-    o->ms = now_ms() - start;
 }
 
 /* The clock fired: its status, its words, not before it and well before UPPER_MS. */
