@@ -197,6 +197,11 @@ class Cli(unittest.TestCase):
                 run(self.emu, "models", env=self.emu.env(MAAS_LOG="debug",
                                                          MAAS_TOKEN="static.tokenvalue.xyz12345"))]
         self.assertIn("libmaas debug: ", runs[0][2])
+        # Each run took the path it was meant to: success, a 401 on every
+        # token (replayed once, then refused), a 503, refused credentials, a
+        # static token the server does not know.
+        self.assertEqual([r[0] for r in runs], [0, 0, 4, 6, 4, 4],
+                         [r[2][-300:] for r in runs])
         for rc, out, err in runs:
             for text in (out, err):
                 for secret in ("test-secret", "other-secret", basic, "tokenvalue"):

@@ -365,6 +365,50 @@ static void check_log(void)
     nlogged = 0;
 }
 
+/*
+ * Debug logging along the whole path of a credential: two token fetches
+ * (the second after a 401 to the first token), the request carrying each
+ * token, the refusal. The log must show the path was taken (a token
+ * fetched, a replay) and carry no secret: not the client secret, not the
+ * Basic header made of it, not a token.
+ */
+static void test_log_reaches_token_fetch_without_secrets(void **state)
+{
+    canned s;
+    maas_client_options o;
+    maas_client *c = NULL;
+    maas_model_list *l = NULL;
+    char api[128], auth[128];
+    int i, fetched = 0, replayed = 0;
+    char *refused = http_json(401, "{\"code\":16,\"message\":\"invalid token\",\"details\":[]}");
+    (void)state;
+    assert_int_equal(canned_start(&s), 0);
+    canned_set(&s, 0, "/oauth2/token", TOKEN_OK, 0);
+    canned_set(&s, 1, "/v1/maas/models", refused, 0);
+    canned_options(&s, &o, api, auth, sizeof api);
+    o.log_level = MAAS_LOG_DEBUG;
+    o.log_cb = on_log;
+    nlogged = 0;
+    assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
+    assert_int_equal(maas_models_list(&l, c), MAAS_ERR_UNAUTHENTICATED);
+    assert_int_equal(maas_client_counter(c, MAAS_COUNTER_TOKEN_REQUESTS), 2);
+    maas_client_free(c);
+    canned_stop(&s);
+    free(refused);
+    assert_true(nlogged > 0);
+    for (i = 0; i < nlogged; i++) {
+        fetched += strstr(logged[i], "token fetched") != NULL;
+        replayed += strstr(logged[i], "replaying once with a new token") != NULL;
+        if (strstr(logged[i], "test-secret") || strstr(logged[i], "tok-123456") ||
+            strstr(logged[i], "dGVzdC1jbGllbnQ6dGVzdC1zZWNyZXQ") /* Basic test-client:test-secret */)
+            fail_msg("a secret in the log: \"%s\"", logged[i]);
+    }
+    if (fetched != 2 || replayed != 1)
+        fail_msg("the log shows %d token fetches and %d replays, expected 2 and 1", fetched,
+                 replayed);
+    nlogged = 0;
+}
+
 static void test_api_error_message_escaped(void **state)
 {
     canned s;
@@ -699,6 +743,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_http_refused_beyond_loopback),
         cmocka_unit_test(test_plain_http_environment_and_v1),
+        cmocka_unit_test(test_log_reaches_token_fetch_without_secrets),
         cmocka_unit_test(test_api_error_message_escaped),
         cmocka_unit_test(test_token_error_description_escaped),
         cmocka_unit_test(test_stream_error_line_escaped),
