@@ -221,7 +221,7 @@ maas_status maas_auth_acquire_for(maas_client *c, maas_auth_ticket *out, atomic_
     /* A failed refresh served the cached token: logged once the lock is released. */
     int served = 0;
     int64_t served_left = 0, served_retry = 0;
-    char why[160];
+    char why[64 + sizeof ((maas_error_rec *)0)->message]; /* a status name and a whole message */
 
     out->header = NULL;
     out->generation = 0;

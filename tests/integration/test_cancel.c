@@ -14,7 +14,9 @@
  * 200 ms or so while a transfer runs, so there the test proves the cancel
  * lands, within the bound, but not that the wake-up is what delivered it.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>

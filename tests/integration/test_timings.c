@@ -260,7 +260,7 @@ static void test_rate_limit_on_models(void **state)
     maas_client *c = client();
     maas_model_list *l = NULL;
     const maas_error *e;
-    char reset[32];
+    char reset[64];
     (void)state;
     /* A Unix time as the reset: read as seconds from now. */
     snprintf(reset, sizeof reset, "rate-limit=1000,999,%ld", (long)time(NULL) + 3600);

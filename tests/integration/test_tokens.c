@@ -47,12 +47,12 @@ static void walk_to(int64_t at_ms)
     atomic_store(&fake_ms, 1000000 + at_ms);
 }
 
-static maas_client *client_with(const emu *e, int fake_clock, long deadline_ms, int retries,
+static maas_client *client_with(const emu *server, int fake_clock, long deadline_ms, int retries,
                                 maas_log_cb log_cb, void *log_payload)
 {
     maas_client_options o;
     maas_client *c = NULL;
-    emu_options(e, &o);
+    emu_options(server, &o);
     o.idle_timeout_ms = 120000; /* only the clock under test may end a wait */
     o.token_timeout_ms = -1;    /* likewise: the token call's own 30 s bound (none here) */
     o.deadline_ms = deadline_ms;
