@@ -226,10 +226,62 @@ static void test_one_fetch_in_flight(void **state)
     assert_int_equal(emu_stop(&E), 0);
 }
 
+struct open_arg {
+    pthread_barrier_t *barrier;
+    maas_stream *s;
+    maas_status st;
+};
+
+static void *open_by_name(void *p)
+{
+    struct open_arg *a = p;
+    maas_request req = MAAS_REQUEST_INIT;
+    req.model = "mistralai/Mistral-7B-Instruct-v0.1";
+    req.prompt = "Tell me a joke";
+    req.max_new_tokens = 5;
+    pthread_barrier_wait(a->barrier);
+    a->st = maas_stream_open(&a->s, C, &req);
+    return NULL;
+}
+
+static void test_one_catalogue_fetch_in_flight(void **state)
+{
+    /* Every thread names its model by name, so each needs the catalogue. The
+     * first GET /models answers after 500 ms, the later ones at once: a thread
+     * that fetched on its own instead of waiting would be a second request. */
+    maas_client_options o;
+    pthread_t th[THREADS];
+    struct open_arg a[THREADS];
+    pthread_barrier_t barrier;
+    int t;
+    (void)state;
+    assert_int_equal(emu_start(&E, NULL), 0);
+    emu_options(&E, &o);
+    assert_int_equal(maas_client_new(&C, &o), MAAS_OK);
+    assert_int_equal(maas_client_authenticate(C), MAAS_OK);
+    assert_int_equal(emu_fault(&E, "/v1/maas/models", "first-byte-delay=500", 1), 200);
+    pthread_barrier_init(&barrier, NULL, THREADS);
+    for (t = 0; t < THREADS; t++) {
+        a[t].barrier = &barrier;
+        a[t].s = NULL;
+        assert_int_equal(pthread_create(&th[t], NULL, open_by_name, &a[t]), 0);
+    }
+    for (t = 0; t < THREADS; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(a[t].st, MAAS_OK);
+        maas_stream_free(a[t].s);
+    }
+    pthread_barrier_destroy(&barrier);
+    assert_int_equal(emu_stat(&E, "models_requests"), 1);
+    maas_client_free(C);
+    assert_int_equal(emu_stop(&E), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_fetch_in_flight),
+        cmocka_unit_test(test_one_catalogue_fetch_in_flight),
         cmocka_unit_test(test_shared_client_under_faults),
     };
     return cmocka_run_group_tests_name("stress", tests, NULL, NULL);
