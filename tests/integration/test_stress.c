@@ -277,11 +277,42 @@ static void test_one_catalogue_fetch_in_flight(void **state)
     assert_int_equal(emu_stop(&E), 0);
 }
 
+static void test_sixteen_idle_channels_kept(void **state)
+{
+    /* 20 streams held open at once take 20 channels, each with its own
+     * connection; given back, 16 wait in the pool with their connections
+     * and the other 4 are closed. */
+    enum { N_STREAMS = 20 };
+    maas_client_options o;
+    maas_request req = MAAS_REQUEST_INIT;
+    maas_stream *s[N_STREAMS];
+    int i;
+    (void)state;
+    assert_int_equal(emu_start(&E, NULL), 0);
+    emu_options(&E, &o);
+    assert_int_equal(maas_client_new(&C, &o), MAAS_OK);
+    req.model = "mistralai/Mistral-7B-Instruct-v0.1";
+    req.prompt = "Tell me a joke";
+    req.max_new_tokens = 5;
+    for (i = 0; i < N_STREAMS; i++)
+        assert_int_equal(maas_stream_open(&s[i], C, &req), MAAS_OK);
+    for (i = 0; i < N_STREAMS; i++)
+        assert_int_equal(maas_stream_run(s[i], NULL, NULL, NULL), MAAS_OK);
+    assert_int_equal(emu_wait_connections(&E, N_STREAMS, 5000), N_STREAMS);
+    for (i = 0; i < N_STREAMS; i++)
+        maas_stream_free(s[i]);
+    assert_int_equal(emu_wait_connections(&E, 16, 3000), 16);
+    maas_client_free(C);
+    assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
+    assert_int_equal(emu_stop(&E), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_fetch_in_flight),
         cmocka_unit_test(test_one_catalogue_fetch_in_flight),
+        cmocka_unit_test(test_sixteen_idle_channels_kept),
         cmocka_unit_test(test_shared_client_under_faults),
     };
     return cmocka_run_group_tests_name("stress", tests, NULL, NULL);
