@@ -343,6 +343,7 @@ static void test_free_multi_with_running_streams(void **state)
     struct one o[2];
     maas_stream *s[2];
     const maas_token *t;
+    size_t tokens[2];
     (void)state;
     memset(o, 0, sizeof o);
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
@@ -356,14 +357,20 @@ static void test_free_multi_with_running_streams(void **state)
         assert_true(o[0].tokens >= 1 && o[1].tokens >= 1);
         assert_int_equal(o[0].done + o[1].done, 0);
     }
+    tokens[0] = o[0].tokens;
+    tokens[1] = o[1].tokens;
     maas_multi_free(m);
     /* The streams outlive their multi as failed handles; no callback ran for them. */
-    assert_int_equal(o[0].done, 0);
+    assert_int_equal(o[0].done + o[1].done, 0);
     assert_int_equal(maas_stream_error(s[0])->status, MAAS_ERR_CANCELLED);
     assert_int_equal(maas_stream_next(s[1], &t), MAAS_ERR_CANCELLED);
     maas_stream_cancel(s[0]); /* harmless */
     maas_stream_free(s[0]);
     maas_stream_free(s[1]);
+    /* Nor after the multi is gone: not on the calls above, not on the frees. */
+    assert_int_equal(o[0].done + o[1].done + o[0].details + o[1].details, 0);
+    assert_int_equal(o[0].tokens, tokens[0]);
+    assert_int_equal(o[1].tokens, tokens[1]);
     finish(c);
 }
 
