@@ -584,6 +584,73 @@ static void test_event_loop_cross_thread_cancel(void **state)
     finish(c);
 }
 
+/* A socket callback that refuses: every socket (refuse_from 0), or every
+ * one after the first (the wake-up pipe accepted, the streams' refused). */
+struct refusing {
+    int calls, refuse_from;
+};
+
+static int refusing_socket(int fd, int what, void *payload, void *socket_payload)
+{
+    struct refusing *r = payload;
+    (void)fd;
+    (void)socket_payload;
+    if (what == MAAS_POLL_REMOVE)
+        return 0;
+    return r->calls++ >= r->refuse_from ? -1 : 0;
+}
+
+static int idle_timer(long timeout_ms, void *payload)
+{
+    (void)timeout_ms;
+    (void)payload;
+    return 0;
+}
+
+static void test_event_loop_refusals(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct refusing r = { 0, 0 };
+    struct one o;
+    maas_status st = MAAS_OK;
+    size_t running = 1;
+    int rounds = 0;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    /* The wake-up pipe refused: the call fails and the multi stays in
+     * perform/poll mode, as if it had not been called. */
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, refusing_socket, idle_timer, &r),
+                     MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(maas_last_error()->message, "the socket callback refused the wake-up pipe");
+    assert_int_equal(r.calls, 1);
+    add(m, "Tell me a joke", 5, &o);
+    run_poll(m);
+    assert_int_equal(o.status, MAAS_OK);
+    maas_multi_free(m);
+    /* A stream's socket refused: libcurl gives up the multi, and every later
+     * maas_multi_socket_action fails too. */
+    memset(&o, 0, sizeof o);
+    r.calls = 0;
+    r.refuse_from = 1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, refusing_socket, idle_timer, &r), MAAS_OK);
+    add(m, "Tell me a joke", 5, &o);
+    while (st == MAAS_OK && running > 0 && ++rounds < 1000)
+        st = maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running);
+    assert_int_equal(st, MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(maas_last_error()->message,
+                        "the socket callback returned nonzero: the multi is aborted");
+    assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running),
+                     MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(maas_last_error()->message,
+                        "the socket callback returned nonzero: the multi is aborted");
+    maas_multi_free(m);
+    finish(c);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -610,6 +677,7 @@ int main(void)
         cmocka_unit_test_setup(test_misuse, reset),
         cmocka_unit_test_setup(test_event_loop, reset),
         cmocka_unit_test_setup(test_event_loop_cross_thread_cancel, reset),
+        cmocka_unit_test_setup(test_event_loop_refusals, reset),
     };
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
     return emu_suite_result(cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown),
