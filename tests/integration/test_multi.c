@@ -35,11 +35,22 @@ struct one {
     maas_status status;
     int cancel_after;
     int free_in_done;
+    int foreign; /* callbacks run on a thread other than the driving one */
 };
+
+/* The thread that drives every multi of these tests. */
+static pthread_t driver;
+
+static void on_driver(struct one *o)
+{
+    if (!pthread_equal(pthread_self(), driver))
+        o->foreign++;
+}
 
 static int on_token(const maas_token *t, void *p)
 {
     struct one *o = p;
+    on_driver(o);
     o->tokens++;
     if (!t->special && o->len + t->text_len < sizeof o->text) {
         memcpy(o->text + o->len, t->text, t->text_len);
@@ -51,6 +62,7 @@ static int on_token(const maas_token *t, void *p)
 static int on_details(const maas_details *d, void *p)
 {
     struct one *o = p;
+    on_driver(o);
     o->details++;
     o->generated_len = d->generated_text_len < sizeof o->generated ? d->generated_text_len : 0;
     memcpy(o->generated, d->generated_text, o->generated_len);
@@ -60,6 +72,7 @@ static int on_details(const maas_details *d, void *p)
 static void on_done(maas_stream *s, maas_status st, void *p)
 {
     struct one *o = p;
+    on_driver(o);
     o->done++;
     o->status = st;
     if (o->free_in_done)
@@ -331,6 +344,9 @@ static void test_cancel_from_another_thread(void **state)
     run_poll(m); /* a poll blocked on the stall is woken by the cancel */
     pthread_join(t, NULL);
     assert_int_equal(o.status, MAAS_ERR_CANCELLED);
+    /* on_done once, on the thread that drives the multi, not the cancelling one. */
+    assert_int_equal(o.done, 1);
+    assert_int_equal(o.foreign, 0);
     maas_stream_free(s);
     maas_multi_free(m);
     finish(c);
@@ -577,6 +593,8 @@ static void test_event_loop_cross_thread_cancel(void **state)
     run_loop(m, l); /* blocked in poll(2) on the stall until the pipe wakes it */
     pthread_join(t, NULL);
     assert_int_equal(o.status, MAAS_ERR_CANCELLED);
+    assert_int_equal(o.done, 1);
+    assert_int_equal(o.foreign, 0);
     maas_stream_free(k.s);
     maas_multi_free(m);
     assert_int_equal(l->nfds, 0);
@@ -679,6 +697,7 @@ int main(void)
         cmocka_unit_test_setup(test_event_loop_cross_thread_cancel, reset),
         cmocka_unit_test_setup(test_event_loop_refusals, reset),
     };
+    driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
     return emu_suite_result(cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown),
                             &E);
