@@ -35,15 +35,18 @@ struct one {
     maas_status status;
     int cancel_after;
     int free_in_done;
-    int foreign; /* callbacks run on a thread other than the driving one */
+    int cancel_in_details;
+    int foreign; /* callbacks run on another thread than the driving one, or inside maas_multi_add */
 };
 
 /* The thread that drives every multi of these tests. */
 static pthread_t driver;
+/* Set while add() is inside maas_multi_add, where no stream callback may run. */
+static int in_add;
 
 static void on_driver(struct one *o)
 {
-    if (!pthread_equal(pthread_self(), driver))
+    if (!pthread_equal(pthread_self(), driver) || in_add)
         o->foreign++;
 }
 
@@ -66,7 +69,7 @@ static int on_details(const maas_details *d, void *p)
     o->details++;
     o->generated_len = d->generated_text_len < sizeof o->generated ? d->generated_text_len : 0;
     memcpy(o->generated, d->generated_text, o->generated_len);
-    return 0;
+    return o->cancel_in_details;
 }
 
 static void on_done(maas_stream *s, maas_status st, void *p)
@@ -99,7 +102,9 @@ static maas_stream *add(maas_multi *m, const char *prompt, int max_tokens, struc
     r.model = MISTRAL;
     r.prompt = prompt;
     r.max_new_tokens = max_tokens;
+    in_add = 1;
     assert_int_equal(maas_multi_add(&s, m, &r, on_token, on_details, on_done, o), MAAS_OK);
+    in_add = 0;
     assert_non_null(s);
     return s;
 }
@@ -151,6 +156,7 @@ static void test_many_streams_poll(void **state)
         assert_int_equal(o[i].done, 1);
         assert_int_equal(o[i].status, MAAS_OK);
         assert_int_equal(o[i].details, 1);
+        assert_int_equal(o[i].foreign, 0); /* none inside a later maas_multi_add */
         assert_int_equal(o[i].tokens, 20);
         assert_int_equal(o[i].len, o[i].generated_len);
         assert_memory_equal(o[i].text, o[i].generated, o[i].len);
@@ -631,6 +637,7 @@ static void test_event_loop_refusals(void **state)
     maas_multi *m = NULL;
     struct refusing r = { 0, 0 };
     struct one o;
+    maas_stream *s;
     maas_status st = MAAS_OK;
     size_t running = 1;
     int rounds = 0;
@@ -644,9 +651,16 @@ static void test_event_loop_refusals(void **state)
                      MAAS_ERR_INVALID_ARGUMENT);
     assert_string_equal(maas_last_error()->message, "the socket callback refused the wake-up pipe");
     assert_int_equal(r.calls, 1);
-    add(m, "Tell me a joke", 5, &o);
+    s = add(m, "Tell me a joke", 5, &o);
     run_poll(m);
     assert_int_equal(o.status, MAAS_OK);
+    maas_stream_free(s);
+    /* Once a stream was added, even one freed since, the mode is fixed. */
+    r.refuse_from = 100;
+    assert_int_equal(maas_multi_set_callbacks(m, refusing_socket, idle_timer, &r),
+                     MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(maas_last_error()->message,
+                        "set the callbacks once, before adding any stream");
     maas_multi_free(m);
     /* A stream's socket refused: libcurl gives up the multi, and every later
      * maas_multi_socket_action fails too. */
@@ -655,7 +669,7 @@ static void test_event_loop_refusals(void **state)
     r.refuse_from = 1;
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
     assert_int_equal(maas_multi_set_callbacks(m, refusing_socket, idle_timer, &r), MAAS_OK);
-    add(m, "Tell me a joke", 5, &o);
+    s = add(m, "Tell me a joke", 5, &o);
     while (st == MAAS_OK && running > 0 && ++rounds < 1000)
         st = maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running);
     assert_int_equal(st, MAAS_ERR_INVALID_ARGUMENT);
@@ -665,6 +679,107 @@ static void test_event_loop_refusals(void **state)
                      MAAS_ERR_INVALID_ARGUMENT);
     assert_string_equal(maas_last_error()->message,
                         "the socket callback returned nonzero: the multi is aborted");
+    maas_multi_free(m);
+    maas_stream_free(s);
+    finish(c);
+}
+
+/* A socket callback that calls back into the multi: refused, not run. */
+struct recursing {
+    maas_multi *m;
+    int tried;
+    maas_status st;
+    char message[128];
+};
+
+static int recursing_socket(int fd, int what, void *payload, void *socket_payload)
+{
+    struct recursing *r = payload;
+    (void)fd;
+    (void)socket_payload;
+    if (what != MAAS_POLL_REMOVE && r->m && !r->tried) {
+        r->tried = 1;
+        r->st = maas_multi_socket_action(r->m, MAAS_SOCKET_TIMEOUT, 0, NULL);
+        snprintf(r->message, sizeof r->message, "%s", maas_last_error()->message);
+    }
+    return 0;
+}
+
+static void test_socket_callback_cannot_drive(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct recursing r;
+    struct one o;
+    maas_stream *s;
+    int rounds = 0;
+    (void)state;
+    memset(&r, 0, sizeof r);
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, recursing_socket, idle_timer, &r), MAAS_OK);
+    r.m = m; /* not for the wake-up pipe, reported inside maas_multi_set_callbacks */
+    s = add(m, "Tell me a joke", 5, &o);
+    while (!r.tried && ++rounds < 1000)
+        assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, NULL), MAAS_OK);
+    assert_true(r.tried);
+    assert_int_equal(r.st, MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(r.message, "called from inside a socket or timer callback");
+    maas_stream_free(s);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_free_running_stream_leaves_the_count(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o[2];
+    maas_stream *s[2];
+    size_t running = 0;
+    int rounds = 0;
+    (void)state;
+    memset(o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    s[0] = add(m, "Tell me [[fault:stall-after=1]]", 10, &o[0]);
+    s[1] = add(m, "Tell me [[fault:stall-after=1]]", 10, &o[1]);
+    while ((o[0].tokens < 1 || o[1].tokens < 1) && ++rounds < 300)
+        assert_int_equal(maas_multi_poll(m, 100, &running), MAAS_OK);
+    assert_int_equal(running, 2);
+    /* Freed while it runs: out of the count at once, and no on_done. */
+    maas_stream_free(s[0]);
+    assert_int_equal(maas_multi_perform(m, &running), MAAS_OK);
+    assert_int_equal(running, 1);
+    assert_int_equal(o[0].done, 0);
+    maas_stream_cancel(s[1]);
+    run_poll(m);
+    assert_int_equal(o[1].done, 1);
+    assert_int_equal(o[1].status, MAAS_ERR_CANCELLED);
+    assert_int_equal(o[0].done, 0);
+    maas_stream_free(s[1]);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_cancel_from_details_callback(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o;
+    maas_stream *s;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    o.cancel_in_details = 1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    s = add(m, "Tell me a joke", 5, &o);
+    run_poll(m);
+    /* Every token delivered, the details too, and yet a cancelled stream. */
+    assert_int_equal(o.tokens, 5);
+    assert_int_equal(o.details, 1);
+    assert_int_equal(o.done, 1);
+    assert_int_equal(o.status, MAAS_ERR_CANCELLED);
+    assert_string_equal(maas_stream_error(s)->message, "cancelled by the details callback");
+    maas_stream_free(s);
     maas_multi_free(m);
     finish(c);
 }
@@ -696,6 +811,9 @@ int main(void)
         cmocka_unit_test_setup(test_event_loop, reset),
         cmocka_unit_test_setup(test_event_loop_cross_thread_cancel, reset),
         cmocka_unit_test_setup(test_event_loop_refusals, reset),
+        cmocka_unit_test_setup(test_socket_callback_cannot_drive, reset),
+        cmocka_unit_test_setup(test_free_running_stream_leaves_the_count, reset),
+        cmocka_unit_test_setup(test_cancel_from_details_callback, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
