@@ -36,6 +36,7 @@ struct one {
     int cancel_after;
     int free_in_done;
     int cancel_in_details;
+    maas_stream *cancel_self_in_details; /* maas_stream_cancel it from on_details */
     int foreign; /* callbacks run on another thread than the driving one, or inside maas_multi_add */
 };
 
@@ -69,6 +70,8 @@ static int on_details(const maas_details *d, void *p)
     o->details++;
     o->generated_len = d->generated_text_len < sizeof o->generated ? d->generated_text_len : 0;
     memcpy(o->generated, d->generated_text, o->generated_len);
+    if (o->cancel_self_in_details)
+        maas_stream_cancel(o->cancel_self_in_details);
     return o->cancel_in_details;
 }
 
@@ -784,6 +787,28 @@ static void test_cancel_from_details_callback(void **state)
     finish(c);
 }
 
+static void test_cancel_after_final_message(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o;
+    maas_stream *s;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    s = add(m, "Tell me a joke", 5, &o);
+    o.cancel_self_in_details = s;
+    run_poll(m);
+    /* The final message had arrived: the stream ends normally. */
+    assert_int_equal(o.details, 1);
+    assert_int_equal(o.done, 1);
+    assert_int_equal(o.status, MAAS_OK);
+    assert_non_null(maas_stream_details(s));
+    maas_stream_free(s);
+    maas_multi_free(m);
+    finish(c);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -814,6 +839,7 @@ int main(void)
         cmocka_unit_test_setup(test_socket_callback_cannot_drive, reset),
         cmocka_unit_test_setup(test_free_running_stream_leaves_the_count, reset),
         cmocka_unit_test_setup(test_cancel_from_details_callback, reset),
+        cmocka_unit_test_setup(test_cancel_after_final_message, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
