@@ -487,41 +487,47 @@ static long timer_left(const struct loop *l)
     return l->timer_ms > elapsed ? l->timer_ms - elapsed : 0;
 }
 
+/* One turn of the loop: wait for a socket or the timer, hand back what fired. */
+static void loop_turn(maas_multi *m, struct loop *l, size_t *running)
+{
+    long wait = timer_left(l);
+    int n, i;
+    n = poll(l->fds, (nfds_t)l->nfds, (int)(wait < 0 ? 1000 : wait));
+    assert_true(n >= 0);
+    if (n == 0) {
+        l->timer_ms = -1;
+        assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, running), MAAS_OK);
+        return;
+    }
+    {
+        /* Copy what fired first: the socket callback edits l->fds while we act. */
+        struct pollfd fired[4096];
+        int k = 0;
+        for (i = 0; i < l->nfds; i++)
+            if (l->fds[i].revents)
+                fired[k++] = l->fds[i];
+        for (i = 0; i < k; i++) {
+            int ev = 0;
+            if (fired[i].revents & (POLLIN | POLLHUP | POLLERR))
+                ev |= MAAS_POLL_IN;
+            if (fired[i].revents & POLLOUT)
+                ev |= MAAS_POLL_OUT;
+            assert_int_equal(maas_multi_socket_action(m, fired[i].fd, ev, running), MAAS_OK);
+        }
+    }
+    if (timer_left(l) == 0) {
+        l->timer_ms = -1;
+        assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, running), MAAS_OK);
+    }
+}
+
 static void run_loop(maas_multi *m, struct loop *l)
 {
     size_t running = 1;
     int rounds = 0;
     while (running > 0) {
-        long wait = timer_left(l);
-        int n, i;
         assert_true(++rounds < 1000000);
-        n = poll(l->fds, (nfds_t)l->nfds, (int)(wait < 0 ? 1000 : wait));
-        assert_true(n >= 0);
-        if (n == 0) {
-            l->timer_ms = -1;
-            assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running), MAAS_OK);
-            continue;
-        }
-        {
-            /* Copy what fired first: the socket callback edits l->fds while we act. */
-            struct pollfd fired[4096];
-            int k = 0;
-            for (i = 0; i < l->nfds; i++)
-                if (l->fds[i].revents)
-                    fired[k++] = l->fds[i];
-            for (i = 0; i < k; i++) {
-                int ev = 0;
-                if (fired[i].revents & (POLLIN | POLLHUP | POLLERR))
-                    ev |= MAAS_POLL_IN;
-                if (fired[i].revents & POLLOUT)
-                    ev |= MAAS_POLL_OUT;
-                assert_int_equal(maas_multi_socket_action(m, fired[i].fd, ev, &running), MAAS_OK);
-            }
-        }
-        if (timer_left(l) == 0) {
-            l->timer_ms = -1;
-            assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running), MAAS_OK);
-        }
+        loop_turn(m, l, &running);
     }
 }
 
@@ -809,6 +815,43 @@ static void test_cancel_after_final_message(void **state)
     finish(c);
 }
 
+static void test_timer_told_again_after_early_call(void **state)
+{
+    maas_client *c = client_with(500, 0, 0);
+    maas_multi *m = NULL;
+    struct loop *l = calloc(1, sizeof *l);
+    struct one o;
+    maas_stream *s;
+    size_t running = 1;
+    int rounds = 0, told;
+    (void)state;
+    assert_non_null(l);
+    memset(&o, 0, sizeof o);
+    l->timer_ms = -1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    s = add(m, "Tell me [[fault:stall-after=1]]", 10, &o);
+    /* Drive until the stream stalls after its first token, its idle clock in the timer. */
+    while (!(o.tokens >= 1 && timer_left(l) > 100) && running > 0 && ++rounds < 100000)
+        loop_turn(m, l, &running);
+    assert_true(o.tokens >= 1 && timer_left(l) > 100);
+    /* The loop takes the timer as fired before its time: the call is
+     * harmless, and the multi tells the same timer again. */
+    told = l->timer_calls;
+    l->timer_ms = -1;
+    assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running), MAAS_OK);
+    assert_int_equal(running, 1);
+    assert_int_equal(o.done, 0);
+    assert_true(l->timer_calls > told);
+    assert_true(l->timer_ms > 0);
+    run_loop(m, l);
+    assert_int_equal(o.status, MAAS_ERR_IDLE_TIMEOUT);
+    maas_stream_free(s);
+    maas_multi_free(m);
+    free(l);
+    finish(c);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -840,6 +883,7 @@ int main(void)
         cmocka_unit_test_setup(test_free_running_stream_leaves_the_count, reset),
         cmocka_unit_test_setup(test_cancel_from_details_callback, reset),
         cmocka_unit_test_setup(test_cancel_after_final_message, reset),
+        cmocka_unit_test_setup(test_timer_told_again_after_early_call, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
