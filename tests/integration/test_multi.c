@@ -169,6 +169,7 @@ static void test_many_streams_poll(void **state)
     }
     assert_int_equal(emu_stat(&E, "generations"), N);
     assert_int_equal(emu_stat(&E, "token_requests"), 1);
+    assert_int_equal(emu_stat(&E, "models_requests"), 1); /* the catalogue, once per client */
     maas_multi_free(m);
     free(o);
     finish(c);
