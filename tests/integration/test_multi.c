@@ -853,6 +853,59 @@ static void test_timer_told_again_after_early_call(void **state)
     finish(c);
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void *wake_multi(void *p)
+{
+    maas_multi_wakeup(p);
+    return NULL;
+}
+
+static void test_wakeup_from_another_thread(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct loop *l = calloc(1, sizeof *l);
+    pthread_t t;
+    int64_t t0;
+    size_t running = 0;
+    int n;
+    (void)state;
+    assert_non_null(l);
+    /* perform/poll: a poll of 10 s with nothing to do ends at the wake-up. */
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    t0 = mono_ms();
+    assert_int_equal(pthread_create(&t, NULL, wake_multi, m), 0);
+    assert_int_equal(maas_multi_poll(m, 10000, &running), MAAS_OK);
+    pthread_join(t, NULL);
+    if (mono_ms() - t0 > 5000)
+        fail_msg("maas_multi_wakeup did not end a 10 s poll (%lld ms)",
+                 (long long)(mono_ms() - t0));
+    maas_multi_free(m);
+    /* Event-loop mode: the loop, blocked on the wake-up pipe alone, sees it
+     * readable; the multi empties it. */
+    l->timer_ms = -1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    assert_int_equal(l->nfds, 1);
+    assert_int_equal(pthread_create(&t, NULL, wake_multi, m), 0);
+    n = poll(l->fds, 1, 10000);
+    pthread_join(t, NULL);
+    assert_int_equal(n, 1);
+    assert_true(l->fds[0].revents & POLLIN);
+    assert_int_equal(maas_multi_socket_action(m, l->fds[0].fd, MAAS_POLL_IN, &running), MAAS_OK);
+    assert_int_equal(poll(l->fds, 1, 0), 0);
+    maas_multi_free(m);
+    assert_int_equal(l->nfds, 0);
+    free(l);
+    finish(c);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -885,6 +938,7 @@ int main(void)
         cmocka_unit_test_setup(test_cancel_from_details_callback, reset),
         cmocka_unit_test_setup(test_cancel_after_final_message, reset),
         cmocka_unit_test_setup(test_timer_told_again_after_early_call, reset),
+        cmocka_unit_test_setup(test_wakeup_from_another_thread, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
