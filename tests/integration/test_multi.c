@@ -906,6 +906,61 @@ static void test_wakeup_from_another_thread(void **state)
     finish(c);
 }
 
+/* maas_multi_assign: the pointer comes back with the socket's later calls. */
+struct assigning {
+    struct loop l; /* first: loop_socket and loop_timer take it */
+    maas_multi *m;
+    int pipe_fd, stream_fd;
+    int pipe_tag, stream_tag;
+    int stream_tagged_calls;
+    void *pipe_removed_with;
+};
+
+static int assigning_socket(int fd, int what, void *payload, void *socket_payload)
+{
+    struct assigning *a = payload;
+    if (a->pipe_fd < 0) {
+        a->pipe_fd = fd; /* the first socket reported: the wake-up pipe */
+    } else if (fd == a->pipe_fd) {
+        if (what == MAAS_POLL_REMOVE)
+            a->pipe_removed_with = socket_payload;
+    } else if (a->stream_fd < 0 && what != MAAS_POLL_REMOVE) {
+        a->stream_fd = fd;
+        assert_int_equal(maas_multi_assign(a->m, fd, &a->stream_tag), MAAS_OK);
+    } else if (fd == a->stream_fd && socket_payload == &a->stream_tag) {
+        a->stream_tagged_calls++;
+    }
+    return loop_socket(fd, what, &a->l, socket_payload);
+}
+
+static void test_assign_hands_back_the_pointer(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    struct assigning *a = calloc(1, sizeof *a);
+    struct one o;
+    maas_stream *s;
+    (void)state;
+    assert_non_null(a);
+    memset(&o, 0, sizeof o);
+    a->l.timer_ms = -1;
+    a->pipe_fd = a->stream_fd = -1;
+    assert_int_equal(maas_multi_new(&a->m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(a->m, assigning_socket, loop_timer, a), MAAS_OK);
+    assert_true(a->pipe_fd >= 0);
+    assert_int_equal(maas_multi_assign(a->m, a->pipe_fd, &a->pipe_tag), MAAS_OK);
+    s = add(a->m, "Tell me a joke", 5, &o);
+    run_loop(a->m, &a->l);
+    assert_int_equal(o.status, MAAS_OK);
+    maas_stream_free(s);
+    maas_multi_free(a->m);
+    /* The stream's socket came back with its pointer; the pipe's REMOVE too. */
+    assert_true(a->stream_fd >= 0);
+    assert_true(a->stream_tagged_calls >= 1);
+    assert_ptr_equal(a->pipe_removed_with, &a->pipe_tag);
+    free(a);
+    finish(c);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -939,6 +994,7 @@ int main(void)
         cmocka_unit_test_setup(test_cancel_after_final_message, reset),
         cmocka_unit_test_setup(test_timer_told_again_after_early_call, reset),
         cmocka_unit_test_setup(test_wakeup_from_another_thread, reset),
+        cmocka_unit_test_setup(test_assign_hands_back_the_pointer, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
