@@ -961,43 +961,6 @@ static void test_assign_hands_back_the_pointer(void **state)
     finish(c);
 }
 
-static void test_add_failure_runs_no_callback(void **state)
-{
-    /* The model given, so maas_multi_add's first attempt is what fails: its
-     * token request, refused. */
-    maas_client *good = client_with(0, 0, 0), *bad = NULL;
-    maas_client_options opt;
-    maas_model_list *list = NULL;
-    maas_multi *m = NULL;
-    maas_request r = MAAS_REQUEST_INIT;
-    maas_stream *s = (maas_stream *)&r; /* any non-NULL value: it must be cleared */
-    struct one o;
-    (void)state;
-    memset(&o, 0, sizeof o);
-    assert_int_equal(maas_models_list(&list, good), MAAS_OK);
-    emu_options(&E, &opt);
-    opt.client_secret = "not-the-secret";
-    opt.max_retries = MAAS_RETRIES_OFF;
-    assert_int_equal(maas_client_new(&bad, &opt), MAAS_OK);
-    assert_int_equal(maas_multi_new(&m, bad), MAAS_OK);
-    r.model_info = maas_model_list_find(list, MISTRAL);
-    assert_non_null(r.model_info);
-    r.prompt = "Tell me a joke";
-    r.max_new_tokens = 5;
-    in_add = 1;
-    assert_int_equal(maas_multi_add(&s, m, &r, on_token, on_details, on_done, &o), MAAS_ERR_AUTH);
-    in_add = 0;
-    assert_null(s);
-    assert_int_equal(o.done + o.foreign, 0);
-    /* Nor later: the multi has nothing to run. */
-    assert_int_equal(maas_multi_perform(m, NULL), MAAS_OK);
-    assert_int_equal(o.done, 0);
-    maas_multi_free(m);
-    maas_client_free(bad);
-    maas_model_list_free(list);
-    finish(good);
-}
-
 static int group_setup(void **state)
 {
     (void)state;
@@ -1032,7 +995,6 @@ int main(void)
         cmocka_unit_test_setup(test_timer_told_again_after_early_call, reset),
         cmocka_unit_test_setup(test_wakeup_from_another_thread, reset),
         cmocka_unit_test_setup(test_assign_hands_back_the_pointer, reset),
-        cmocka_unit_test_setup(test_add_failure_runs_no_callback, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
