@@ -37,6 +37,8 @@ struct one {
     int free_in_done;
     int cancel_in_details;
     maas_stream *cancel_self_in_details; /* maas_stream_cancel it from on_details */
+    maas_stream *cancel_on_token;         /* maas_stream_cancel it from the first on_token */
+    int cancelled_on_token;
     int foreign; /* callbacks run on another thread than the driving one, or inside maas_multi_add */
 };
 
@@ -56,6 +58,10 @@ static int on_token(const maas_token *t, void *p)
     struct one *o = p;
     on_driver(o);
     o->tokens++;
+    if (o->cancel_on_token && !o->cancelled_on_token) {
+        maas_stream_cancel(o->cancel_on_token);
+        o->cancelled_on_token = 1;
+    }
     if (!t->special && o->len + t->text_len < sizeof o->text) {
         memcpy(o->text + o->len, t->text, t->text_len);
         o->len += t->text_len;
@@ -961,6 +967,36 @@ static void test_assign_hands_back_the_pointer(void **state)
     finish(c);
 }
 
+static void test_cancel_from_a_callback_acted_on_at_once(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o[2];
+    maas_stream *s[2];
+    size_t running = 2;
+    int rounds = 0;
+    (void)state;
+    memset(o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    /* s[1] stalls after a token; s[0]'s first token, a little later, cancels it. */
+    s[1] = add(m, "Tell me [[fault:stall-after=1]]", 10, &o[1]);
+    s[0] = add(m, "Tell me [[fault:first-byte-delay=300]]", 5, &o[0]);
+    o[0].cancel_on_token = s[1];
+    assert_int_equal(maas_multi_perform(m, &running), MAAS_OK);
+    while (!o[0].cancelled_on_token && running > 0 && ++rounds < 1000)
+        assert_int_equal(maas_multi_poll(m, 1000, &running), MAAS_OK);
+    assert_true(o[0].cancelled_on_token);
+    /* Acted on before the call that ran the callback returned. */
+    assert_int_equal(o[1].done, 1);
+    assert_int_equal(o[1].status, MAAS_ERR_CANCELLED);
+    run_poll(m);
+    assert_int_equal(o[0].status, MAAS_OK);
+    maas_stream_free(s[0]);
+    maas_stream_free(s[1]);
+    maas_multi_free(m);
+    finish(c);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -995,6 +1031,7 @@ int main(void)
         cmocka_unit_test_setup(test_timer_told_again_after_early_call, reset),
         cmocka_unit_test_setup(test_wakeup_from_another_thread, reset),
         cmocka_unit_test_setup(test_assign_hands_back_the_pointer, reset),
+        cmocka_unit_test_setup(test_cancel_from_a_callback_acted_on_at_once, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
