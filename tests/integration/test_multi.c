@@ -997,6 +997,36 @@ static void test_cancel_from_a_callback_acted_on_at_once(void **state)
     finish(c);
 }
 
+static void test_poll_wakes_for_a_backoff(void **state)
+{
+    maas_client *c = client_with(0, 0, 2);
+    maas_multi *m = NULL;
+    struct one o;
+    maas_stream *s;
+    size_t running = 1;
+    int rounds = 0;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    /* One 503, then a retry after a short backoff: while it waits, libcurl
+     * has no transfer and no timer; only the multi's clock ends the poll. */
+    assert_int_equal(emu_fault(&E, "/v1/maas/generatestream", "status=503", 1), 200);
+    s = add(m, "Tell me a joke", 5, &o);
+    assert_int_equal(maas_multi_perform(m, &running), MAAS_OK);
+    while (running > 0 && ++rounds < 1000) {
+        int64_t t0 = mono_ms();
+        assert_int_equal(maas_multi_poll(m, 10000, &running), MAAS_OK);
+        if (mono_ms() - t0 > 5000)
+            fail_msg("a poll of 10 s outlived the multi's next clock (%lld ms)",
+                     (long long)(mono_ms() - t0));
+    }
+    assert_int_equal(o.status, MAAS_OK);
+    assert_int_equal(maas_stream_details(s)->attempts, 2);
+    maas_stream_free(s);
+    maas_multi_free(m);
+    finish(c);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1032,6 +1062,7 @@ int main(void)
         cmocka_unit_test_setup(test_wakeup_from_another_thread, reset),
         cmocka_unit_test_setup(test_assign_hands_back_the_pointer, reset),
         cmocka_unit_test_setup(test_cancel_from_a_callback_acted_on_at_once, reset),
+        cmocka_unit_test_setup(test_poll_wakes_for_a_backoff, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
