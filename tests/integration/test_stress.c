@@ -277,6 +277,44 @@ static void test_one_catalogue_fetch_in_flight(void **state)
     assert_int_equal(emu_stop(&E), 0);
 }
 
+static void test_failed_catalogue_fetch_tried_again(void **state)
+{
+    /* The first GET /models fails after 500 ms while the other threads wait
+     * for it; the next waiting thread asks again, and that one serves all. */
+    maas_client_options o;
+    pthread_t th[THREADS];
+    struct open_arg a[THREADS];
+    pthread_barrier_t barrier;
+    int t, failed = 0;
+    (void)state;
+    assert_int_equal(emu_start(&E, NULL), 0);
+    emu_options(&E, &o);
+    o.max_retries = MAAS_RETRIES_OFF;
+    assert_int_equal(maas_client_new(&C, &o), MAAS_OK);
+    assert_int_equal(maas_client_authenticate(C), MAAS_OK);
+    assert_int_equal(emu_fault(&E, "/v1/maas/models", "first-byte-delay=500", 1), 200);
+    assert_int_equal(emu_fault(&E, "/v1/maas/models", "status=503", 1), 200);
+    pthread_barrier_init(&barrier, NULL, THREADS);
+    for (t = 0; t < THREADS; t++) {
+        a[t].barrier = &barrier;
+        a[t].s = NULL;
+        assert_int_equal(pthread_create(&th[t], NULL, open_by_name, &a[t]), 0);
+    }
+    for (t = 0; t < THREADS; t++) {
+        pthread_join(th[t], NULL);
+        if (a[t].st == MAAS_ERR_UNAVAILABLE)
+            failed++;
+        else
+            assert_int_equal(a[t].st, MAAS_OK);
+        maas_stream_free(a[t].s);
+    }
+    pthread_barrier_destroy(&barrier);
+    assert_int_equal(failed, 1);
+    assert_int_equal(emu_stat(&E, "models_requests"), 2);
+    maas_client_free(C);
+    assert_int_equal(emu_stop(&E), 0);
+}
+
 static void test_sixteen_idle_channels_kept(void **state)
 {
     /* 20 streams held open at once take 20 channels, each with its own
@@ -312,6 +350,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_fetch_in_flight),
         cmocka_unit_test(test_one_catalogue_fetch_in_flight),
+        cmocka_unit_test(test_failed_catalogue_fetch_tried_again),
         cmocka_unit_test(test_sixteen_idle_channels_kept),
         cmocka_unit_test(test_shared_client_under_faults),
     };
