@@ -370,6 +370,25 @@ static void test_models_trickle(void **state)
     unwatch();
     expect_call(st, now_ms() - start, "the 1500 ms deadline of GET /models expired", 1500);
     maas_client_free(c);
+
+    /* An idle clock of 1 s, a byte every 200 ms, one attempt: each byte
+     * restarts the idle clock, so the call's own 2.5 s clock ends it. */
+    {
+        maas_client_options o;
+        emu_options(&E, &o);
+        o.idle_timeout_ms = 1000;
+        o.models_timeout_ms = 2500;
+        o.max_retries = MAAS_RETRIES_OFF; /* an idle timeout would be retried until the 2.5 s */
+        assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
+    }
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    assert_int_equal(emu_fault(&E, "/v1/maas/models", "drip=200", 10), 200);
+    start = now_ms();
+    watch("maas_models_list, idle_timeout_ms 1000, a byte every 200 ms");
+    st = maas_models_list(&list, c);
+    unwatch();
+    expect_call(st, now_ms() - start, "the 2500 ms deadline of GET /models expired", 2500);
+    maas_client_free(c);
 }
 
 /* A token endpoint that takes the request and never answers costs the token clock, once. */

@@ -754,6 +754,30 @@ static void test_deadline(void **state)
     finish(c);
 }
 
+static void deadline_and_retries(maas_client_options *o)
+{
+    o->deadline_ms = 1000;
+    o->max_retries = 5;
+    o->retry_base_ms = 10;
+    o->retry_max_ms = 10;
+}
+
+static void test_deadline_spans_retries(void **state)
+{
+    maas_client *c = client_with(deadline_and_retries);
+    struct collected *col = collected_new();
+    (void)state;
+    /* Every attempt answers 503 after 400 ms. The 1 s deadline counts from
+     * the first attempt: it ends the third, before the retries run out. */
+    assert_int_equal(emu_fault(&E, "/v1/maas/generatestream", "first-byte-delay=400", 10), 200);
+    assert_int_equal(emu_fault(&E, "/v1/maas/generatestream", "status=503", 10), 200);
+    assert_int_equal(gen(c, PROMPT, 5, col), MAAS_ERR_DEADLINE);
+    assert_true(maas_last_error()->attempts >= 1 && maas_last_error()->attempts <= 3);
+    assert_int_equal(col->tokens, 0);
+    free(col);
+    finish(c);
+}
+
 static void test_cancel_from_callback(void **state)
 {
     maas_client *c = client_with(NULL);
@@ -865,6 +889,7 @@ int main(void)
         cmocka_unit_test_setup(test_stall_trips_idle_clock, reset),
         cmocka_unit_test_setup(test_drip_trips_idle_clock, reset),
         cmocka_unit_test_setup(test_deadline, reset),
+        cmocka_unit_test_setup(test_deadline_spans_retries, reset),
         cmocka_unit_test_setup(test_cancel_from_callback, reset),
         cmocka_unit_test_setup(test_cancel_from_callback_closes_connection, reset),
         cmocka_unit_test_setup(test_cancel_from_another_thread, reset),

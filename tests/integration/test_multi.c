@@ -35,12 +35,33 @@ struct one {
     maas_status status;
     int cancel_after;
     int free_in_done;
+    int cancel_in_details;
+    maas_stream *cancel_self_in_details; /* maas_stream_cancel it from on_details */
+    maas_stream *cancel_on_token;         /* maas_stream_cancel it from the first on_token */
+    int cancelled_on_token;
+    int foreign; /* callbacks run on another thread than the driving one, or inside maas_multi_add */
 };
+
+/* The thread that drives every multi of these tests. */
+static pthread_t driver;
+/* Set while add() is inside maas_multi_add, where no stream callback may run. */
+static int in_add;
+
+static void on_driver(struct one *o)
+{
+    if (!pthread_equal(pthread_self(), driver) || in_add)
+        o->foreign++;
+}
 
 static int on_token(const maas_token *t, void *p)
 {
     struct one *o = p;
+    on_driver(o);
     o->tokens++;
+    if (o->cancel_on_token && !o->cancelled_on_token) {
+        maas_stream_cancel(o->cancel_on_token);
+        o->cancelled_on_token = 1;
+    }
     if (!t->special && o->len + t->text_len < sizeof o->text) {
         memcpy(o->text + o->len, t->text, t->text_len);
         o->len += t->text_len;
@@ -51,15 +72,19 @@ static int on_token(const maas_token *t, void *p)
 static int on_details(const maas_details *d, void *p)
 {
     struct one *o = p;
+    on_driver(o);
     o->details++;
     o->generated_len = d->generated_text_len < sizeof o->generated ? d->generated_text_len : 0;
     memcpy(o->generated, d->generated_text, o->generated_len);
-    return 0;
+    if (o->cancel_self_in_details)
+        maas_stream_cancel(o->cancel_self_in_details);
+    return o->cancel_in_details;
 }
 
 static void on_done(maas_stream *s, maas_status st, void *p)
 {
     struct one *o = p;
+    on_driver(o);
     o->done++;
     o->status = st;
     if (o->free_in_done)
@@ -86,7 +111,9 @@ static maas_stream *add(maas_multi *m, const char *prompt, int max_tokens, struc
     r.model = MISTRAL;
     r.prompt = prompt;
     r.max_new_tokens = max_tokens;
+    in_add = 1;
     assert_int_equal(maas_multi_add(&s, m, &r, on_token, on_details, on_done, o), MAAS_OK);
+    in_add = 0;
     assert_non_null(s);
     return s;
 }
@@ -138,6 +165,7 @@ static void test_many_streams_poll(void **state)
         assert_int_equal(o[i].done, 1);
         assert_int_equal(o[i].status, MAAS_OK);
         assert_int_equal(o[i].details, 1);
+        assert_int_equal(o[i].foreign, 0); /* none inside a later maas_multi_add */
         assert_int_equal(o[i].tokens, 20);
         assert_int_equal(o[i].len, o[i].generated_len);
         assert_memory_equal(o[i].text, o[i].generated, o[i].len);
@@ -147,6 +175,7 @@ static void test_many_streams_poll(void **state)
     }
     assert_int_equal(emu_stat(&E, "generations"), N);
     assert_int_equal(emu_stat(&E, "token_requests"), 1);
+    assert_int_equal(emu_stat(&E, "models_requests"), 1); /* the catalogue, once per client */
     maas_multi_free(m);
     free(o);
     finish(c);
@@ -331,6 +360,9 @@ static void test_cancel_from_another_thread(void **state)
     run_poll(m); /* a poll blocked on the stall is woken by the cancel */
     pthread_join(t, NULL);
     assert_int_equal(o.status, MAAS_ERR_CANCELLED);
+    /* on_done once, on the thread that drives the multi, not the cancelling one. */
+    assert_int_equal(o.done, 1);
+    assert_int_equal(o.foreign, 0);
     maas_stream_free(s);
     maas_multi_free(m);
     finish(c);
@@ -343,6 +375,7 @@ static void test_free_multi_with_running_streams(void **state)
     struct one o[2];
     maas_stream *s[2];
     const maas_token *t;
+    size_t tokens[2];
     (void)state;
     memset(o, 0, sizeof o);
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
@@ -356,14 +389,20 @@ static void test_free_multi_with_running_streams(void **state)
         assert_true(o[0].tokens >= 1 && o[1].tokens >= 1);
         assert_int_equal(o[0].done + o[1].done, 0);
     }
+    tokens[0] = o[0].tokens;
+    tokens[1] = o[1].tokens;
     maas_multi_free(m);
     /* The streams outlive their multi as failed handles; no callback ran for them. */
-    assert_int_equal(o[0].done, 0);
+    assert_int_equal(o[0].done + o[1].done, 0);
     assert_int_equal(maas_stream_error(s[0])->status, MAAS_ERR_CANCELLED);
     assert_int_equal(maas_stream_next(s[1], &t), MAAS_ERR_CANCELLED);
     maas_stream_cancel(s[0]); /* harmless */
     maas_stream_free(s[0]);
     maas_stream_free(s[1]);
+    /* Nor after the multi is gone: not on the calls above, not on the frees. */
+    assert_int_equal(o[0].done + o[1].done + o[0].details + o[1].details, 0);
+    assert_int_equal(o[0].tokens, tokens[0]);
+    assert_int_equal(o[1].tokens, tokens[1]);
     finish(c);
 }
 
@@ -455,41 +494,47 @@ static long timer_left(const struct loop *l)
     return l->timer_ms > elapsed ? l->timer_ms - elapsed : 0;
 }
 
+/* One turn of the loop: wait for a socket or the timer, hand back what fired. */
+static void loop_turn(maas_multi *m, struct loop *l, size_t *running)
+{
+    long wait = timer_left(l);
+    int n, i;
+    n = poll(l->fds, (nfds_t)l->nfds, (int)(wait < 0 ? 1000 : wait));
+    assert_true(n >= 0);
+    if (n == 0) {
+        l->timer_ms = -1;
+        assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, running), MAAS_OK);
+        return;
+    }
+    {
+        /* Copy what fired first: the socket callback edits l->fds while we act. */
+        struct pollfd fired[4096];
+        int k = 0;
+        for (i = 0; i < l->nfds; i++)
+            if (l->fds[i].revents)
+                fired[k++] = l->fds[i];
+        for (i = 0; i < k; i++) {
+            int ev = 0;
+            if (fired[i].revents & (POLLIN | POLLHUP | POLLERR))
+                ev |= MAAS_POLL_IN;
+            if (fired[i].revents & POLLOUT)
+                ev |= MAAS_POLL_OUT;
+            assert_int_equal(maas_multi_socket_action(m, fired[i].fd, ev, running), MAAS_OK);
+        }
+    }
+    if (timer_left(l) == 0) {
+        l->timer_ms = -1;
+        assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, running), MAAS_OK);
+    }
+}
+
 static void run_loop(maas_multi *m, struct loop *l)
 {
     size_t running = 1;
     int rounds = 0;
     while (running > 0) {
-        long wait = timer_left(l);
-        int n, i;
         assert_true(++rounds < 1000000);
-        n = poll(l->fds, (nfds_t)l->nfds, (int)(wait < 0 ? 1000 : wait));
-        assert_true(n >= 0);
-        if (n == 0) {
-            l->timer_ms = -1;
-            assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running), MAAS_OK);
-            continue;
-        }
-        {
-            /* Copy what fired first: the socket callback edits l->fds while we act. */
-            struct pollfd fired[4096];
-            int k = 0;
-            for (i = 0; i < l->nfds; i++)
-                if (l->fds[i].revents)
-                    fired[k++] = l->fds[i];
-            for (i = 0; i < k; i++) {
-                int ev = 0;
-                if (fired[i].revents & (POLLIN | POLLHUP | POLLERR))
-                    ev |= MAAS_POLL_IN;
-                if (fired[i].revents & POLLOUT)
-                    ev |= MAAS_POLL_OUT;
-                assert_int_equal(maas_multi_socket_action(m, fired[i].fd, ev, &running), MAAS_OK);
-            }
-        }
-        if (timer_left(l) == 0) {
-            l->timer_ms = -1;
-            assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running), MAAS_OK);
-        }
+        loop_turn(m, l, &running);
     }
 }
 
@@ -570,10 +615,415 @@ static void test_event_loop_cross_thread_cancel(void **state)
     run_loop(m, l); /* blocked in poll(2) on the stall until the pipe wakes it */
     pthread_join(t, NULL);
     assert_int_equal(o.status, MAAS_ERR_CANCELLED);
+    assert_int_equal(o.done, 1);
+    assert_int_equal(o.foreign, 0);
     maas_stream_free(k.s);
     maas_multi_free(m);
     assert_int_equal(l->nfds, 0);
     free(l);
+    finish(c);
+}
+
+/* A socket callback that refuses: every socket (refuse_from 0), or every
+ * one after the first (the wake-up pipe accepted, the streams' refused). */
+struct refusing {
+    int calls, refuse_from;
+};
+
+static int refusing_socket(int fd, int what, void *payload, void *socket_payload)
+{
+    struct refusing *r = payload;
+    (void)fd;
+    (void)socket_payload;
+    if (what == MAAS_POLL_REMOVE)
+        return 0;
+    return r->calls++ >= r->refuse_from ? -1 : 0;
+}
+
+static int idle_timer(long timeout_ms, void *payload)
+{
+    (void)timeout_ms;
+    (void)payload;
+    return 0;
+}
+
+static void test_event_loop_refusals(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct refusing r = { 0, 0 };
+    struct one o;
+    maas_stream *s;
+    maas_status st = MAAS_OK;
+    size_t running = 1;
+    int rounds = 0;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    /* The wake-up pipe refused: the call fails and the multi stays in
+     * perform/poll mode, as if it had not been called. */
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, refusing_socket, idle_timer, &r),
+                     MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(maas_last_error()->message, "the socket callback refused the wake-up pipe");
+    assert_int_equal(r.calls, 1);
+    s = add(m, "Tell me a joke", 5, &o);
+    run_poll(m);
+    assert_int_equal(o.status, MAAS_OK);
+    maas_stream_free(s);
+    /* Once a stream was added, even one freed since, the mode is fixed. */
+    r.refuse_from = 100;
+    assert_int_equal(maas_multi_set_callbacks(m, refusing_socket, idle_timer, &r),
+                     MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(maas_last_error()->message,
+                        "set the callbacks once, before adding any stream");
+    maas_multi_free(m);
+    /* A stream's socket refused: libcurl gives up the multi, and every later
+     * maas_multi_socket_action fails too. */
+    memset(&o, 0, sizeof o);
+    r.calls = 0;
+    r.refuse_from = 1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, refusing_socket, idle_timer, &r), MAAS_OK);
+    s = add(m, "Tell me a joke", 5, &o);
+    while (st == MAAS_OK && running > 0 && ++rounds < 1000)
+        st = maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running);
+    assert_int_equal(st, MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(maas_last_error()->message,
+                        "the socket callback returned nonzero: the multi is aborted");
+    assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running),
+                     MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(maas_last_error()->message,
+                        "the socket callback returned nonzero: the multi is aborted");
+    maas_multi_free(m);
+    maas_stream_free(s);
+    finish(c);
+}
+
+/* A socket callback that calls back into the multi: refused, not run. */
+struct recursing {
+    maas_multi *m;
+    int tried;
+    maas_status st;
+    char message[128];
+};
+
+static int recursing_socket(int fd, int what, void *payload, void *socket_payload)
+{
+    struct recursing *r = payload;
+    (void)fd;
+    (void)socket_payload;
+    if (what != MAAS_POLL_REMOVE && r->m && !r->tried) {
+        r->tried = 1;
+        r->st = maas_multi_socket_action(r->m, MAAS_SOCKET_TIMEOUT, 0, NULL);
+        snprintf(r->message, sizeof r->message, "%s", maas_last_error()->message);
+    }
+    return 0;
+}
+
+static void test_socket_callback_cannot_drive(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct recursing r;
+    struct one o;
+    maas_stream *s;
+    int rounds = 0;
+    (void)state;
+    memset(&r, 0, sizeof r);
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, recursing_socket, idle_timer, &r), MAAS_OK);
+    r.m = m; /* not for the wake-up pipe, reported inside maas_multi_set_callbacks */
+    s = add(m, "Tell me a joke", 5, &o);
+    while (!r.tried && ++rounds < 1000)
+        assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, NULL), MAAS_OK);
+    assert_true(r.tried);
+    assert_int_equal(r.st, MAAS_ERR_INVALID_ARGUMENT);
+    assert_string_equal(r.message, "called from inside a socket or timer callback");
+    maas_stream_free(s);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_free_running_stream_leaves_the_count(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o[2];
+    maas_stream *s[2];
+    size_t running = 0;
+    int rounds = 0;
+    (void)state;
+    memset(o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    s[0] = add(m, "Tell me [[fault:stall-after=1]]", 10, &o[0]);
+    s[1] = add(m, "Tell me [[fault:stall-after=1]]", 10, &o[1]);
+    while ((o[0].tokens < 1 || o[1].tokens < 1) && ++rounds < 300)
+        assert_int_equal(maas_multi_poll(m, 100, &running), MAAS_OK);
+    assert_int_equal(running, 2);
+    /* Freed while it runs: out of the count at once, and no on_done. */
+    maas_stream_free(s[0]);
+    assert_int_equal(maas_multi_perform(m, &running), MAAS_OK);
+    assert_int_equal(running, 1);
+    assert_int_equal(o[0].done, 0);
+    maas_stream_cancel(s[1]);
+    run_poll(m);
+    assert_int_equal(o[1].done, 1);
+    assert_int_equal(o[1].status, MAAS_ERR_CANCELLED);
+    assert_int_equal(o[0].done, 0);
+    maas_stream_free(s[1]);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_cancel_from_details_callback(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o;
+    maas_stream *s;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    o.cancel_in_details = 1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    s = add(m, "Tell me a joke", 5, &o);
+    run_poll(m);
+    /* Every token delivered, the details too, and yet a cancelled stream. */
+    assert_int_equal(o.tokens, 5);
+    assert_int_equal(o.details, 1);
+    assert_int_equal(o.done, 1);
+    assert_int_equal(o.status, MAAS_ERR_CANCELLED);
+    assert_string_equal(maas_stream_error(s)->message, "cancelled by the details callback");
+    maas_stream_free(s);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_cancel_after_final_message(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o;
+    maas_stream *s;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    s = add(m, "Tell me a joke", 5, &o);
+    o.cancel_self_in_details = s;
+    run_poll(m);
+    /* The final message had arrived: the stream ends normally. */
+    assert_int_equal(o.details, 1);
+    assert_int_equal(o.done, 1);
+    assert_int_equal(o.status, MAAS_OK);
+    assert_non_null(maas_stream_details(s));
+    maas_stream_free(s);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_timer_told_again_after_early_call(void **state)
+{
+    maas_client *c = client_with(500, 0, 0);
+    maas_multi *m = NULL;
+    struct loop *l = calloc(1, sizeof *l);
+    struct one o;
+    maas_stream *s;
+    size_t running = 1;
+    int rounds = 0, told;
+    (void)state;
+    assert_non_null(l);
+    memset(&o, 0, sizeof o);
+    l->timer_ms = -1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    s = add(m, "Tell me [[fault:stall-after=1]]", 10, &o);
+    /* Drive until the stream stalls after its first token, its idle clock in the timer. */
+    while (!(o.tokens >= 1 && timer_left(l) > 100) && running > 0 && ++rounds < 100000)
+        loop_turn(m, l, &running);
+    assert_true(o.tokens >= 1 && timer_left(l) > 100);
+    /* The loop takes the timer as fired before its time: the call is
+     * harmless, and the multi tells the same timer again. */
+    told = l->timer_calls;
+    l->timer_ms = -1;
+    assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running), MAAS_OK);
+    assert_int_equal(running, 1);
+    assert_int_equal(o.done, 0);
+    assert_true(l->timer_calls > told);
+    assert_true(l->timer_ms > 0);
+    run_loop(m, l);
+    assert_int_equal(o.status, MAAS_ERR_IDLE_TIMEOUT);
+    maas_stream_free(s);
+    maas_multi_free(m);
+    free(l);
+    finish(c);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void *wake_multi(void *p)
+{
+    maas_multi_wakeup(p);
+    return NULL;
+}
+
+static void test_wakeup_from_another_thread(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct loop *l = calloc(1, sizeof *l);
+    pthread_t t;
+    int64_t t0;
+    size_t running = 0;
+    int n;
+    (void)state;
+    assert_non_null(l);
+    /* perform/poll: a poll of 10 s with nothing to do ends at the wake-up. */
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    t0 = mono_ms();
+    assert_int_equal(pthread_create(&t, NULL, wake_multi, m), 0);
+    assert_int_equal(maas_multi_poll(m, 10000, &running), MAAS_OK);
+    pthread_join(t, NULL);
+    if (mono_ms() - t0 > 5000)
+        fail_msg("maas_multi_wakeup did not end a 10 s poll (%lld ms)",
+                 (long long)(mono_ms() - t0));
+    maas_multi_free(m);
+    /* Event-loop mode: the loop, blocked on the wake-up pipe alone, sees it
+     * readable; the multi empties it. */
+    l->timer_ms = -1;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    assert_int_equal(l->nfds, 1);
+    assert_int_equal(pthread_create(&t, NULL, wake_multi, m), 0);
+    n = poll(l->fds, 1, 10000);
+    pthread_join(t, NULL);
+    assert_int_equal(n, 1);
+    assert_true(l->fds[0].revents & POLLIN);
+    assert_int_equal(maas_multi_socket_action(m, l->fds[0].fd, MAAS_POLL_IN, &running), MAAS_OK);
+    assert_int_equal(poll(l->fds, 1, 0), 0);
+    maas_multi_free(m);
+    assert_int_equal(l->nfds, 0);
+    free(l);
+    finish(c);
+}
+
+/* maas_multi_assign: the pointer comes back with the socket's later calls. */
+struct assigning {
+    struct loop l; /* first: loop_socket and loop_timer take it */
+    maas_multi *m;
+    int pipe_fd, stream_fd;
+    int pipe_tag, stream_tag;
+    int stream_tagged_calls;
+    void *pipe_removed_with;
+};
+
+static int assigning_socket(int fd, int what, void *payload, void *socket_payload)
+{
+    struct assigning *a = payload;
+    if (a->pipe_fd < 0) {
+        a->pipe_fd = fd; /* the first socket reported: the wake-up pipe */
+    } else if (fd == a->pipe_fd) {
+        if (what == MAAS_POLL_REMOVE)
+            a->pipe_removed_with = socket_payload;
+    } else if (a->stream_fd < 0 && what != MAAS_POLL_REMOVE) {
+        a->stream_fd = fd;
+        assert_int_equal(maas_multi_assign(a->m, fd, &a->stream_tag), MAAS_OK);
+    } else if (fd == a->stream_fd && socket_payload == &a->stream_tag) {
+        a->stream_tagged_calls++;
+    }
+    return loop_socket(fd, what, &a->l, socket_payload);
+}
+
+static void test_assign_hands_back_the_pointer(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    struct assigning *a = calloc(1, sizeof *a);
+    struct one o;
+    maas_stream *s;
+    (void)state;
+    assert_non_null(a);
+    memset(&o, 0, sizeof o);
+    a->l.timer_ms = -1;
+    a->pipe_fd = a->stream_fd = -1;
+    assert_int_equal(maas_multi_new(&a->m, c), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(a->m, assigning_socket, loop_timer, a), MAAS_OK);
+    assert_true(a->pipe_fd >= 0);
+    assert_int_equal(maas_multi_assign(a->m, a->pipe_fd, &a->pipe_tag), MAAS_OK);
+    s = add(a->m, "Tell me a joke", 5, &o);
+    run_loop(a->m, &a->l);
+    assert_int_equal(o.status, MAAS_OK);
+    maas_stream_free(s);
+    maas_multi_free(a->m);
+    /* The stream's socket came back with its pointer; the pipe's REMOVE too. */
+    assert_true(a->stream_fd >= 0);
+    assert_true(a->stream_tagged_calls >= 1);
+    assert_ptr_equal(a->pipe_removed_with, &a->pipe_tag);
+    free(a);
+    finish(c);
+}
+
+static void test_cancel_from_a_callback_acted_on_at_once(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = NULL;
+    struct one o[2];
+    maas_stream *s[2];
+    size_t running = 2;
+    int rounds = 0;
+    (void)state;
+    memset(o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    /* s[1] stalls after a token; s[0]'s first token, a little later, cancels it. */
+    s[1] = add(m, "Tell me [[fault:stall-after=1]]", 10, &o[1]);
+    s[0] = add(m, "Tell me [[fault:first-byte-delay=300]]", 5, &o[0]);
+    o[0].cancel_on_token = s[1];
+    assert_int_equal(maas_multi_perform(m, &running), MAAS_OK);
+    while (!o[0].cancelled_on_token && running > 0 && ++rounds < 1000)
+        assert_int_equal(maas_multi_poll(m, 1000, &running), MAAS_OK);
+    assert_true(o[0].cancelled_on_token);
+    /* Acted on before the call that ran the callback returned. */
+    assert_int_equal(o[1].done, 1);
+    assert_int_equal(o[1].status, MAAS_ERR_CANCELLED);
+    run_poll(m);
+    assert_int_equal(o[0].status, MAAS_OK);
+    maas_stream_free(s[0]);
+    maas_stream_free(s[1]);
+    maas_multi_free(m);
+    finish(c);
+}
+
+static void test_poll_wakes_for_a_backoff(void **state)
+{
+    maas_client *c = client_with(0, 0, 2);
+    maas_multi *m = NULL;
+    struct one o;
+    maas_stream *s;
+    size_t running = 1;
+    int rounds = 0;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    /* One 503, then a retry after a short backoff: while it waits, libcurl
+     * has no transfer and no timer; only the multi's clock ends the poll. */
+    assert_int_equal(emu_fault(&E, "/v1/maas/generatestream", "status=503", 1), 200);
+    s = add(m, "Tell me a joke", 5, &o);
+    assert_int_equal(maas_multi_perform(m, &running), MAAS_OK);
+    while (running > 0 && ++rounds < 1000) {
+        int64_t t0 = mono_ms();
+        assert_int_equal(maas_multi_poll(m, 10000, &running), MAAS_OK);
+        if (mono_ms() - t0 > 5000)
+            fail_msg("a poll of 10 s outlived the multi's next clock (%lld ms)",
+                     (long long)(mono_ms() - t0));
+    }
+    assert_int_equal(o.status, MAAS_OK);
+    assert_int_equal(maas_stream_details(s)->attempts, 2);
+    maas_stream_free(s);
+    maas_multi_free(m);
     finish(c);
 }
 
@@ -603,7 +1053,18 @@ int main(void)
         cmocka_unit_test_setup(test_misuse, reset),
         cmocka_unit_test_setup(test_event_loop, reset),
         cmocka_unit_test_setup(test_event_loop_cross_thread_cancel, reset),
+        cmocka_unit_test_setup(test_event_loop_refusals, reset),
+        cmocka_unit_test_setup(test_socket_callback_cannot_drive, reset),
+        cmocka_unit_test_setup(test_free_running_stream_leaves_the_count, reset),
+        cmocka_unit_test_setup(test_cancel_from_details_callback, reset),
+        cmocka_unit_test_setup(test_cancel_after_final_message, reset),
+        cmocka_unit_test_setup(test_timer_told_again_after_early_call, reset),
+        cmocka_unit_test_setup(test_wakeup_from_another_thread, reset),
+        cmocka_unit_test_setup(test_assign_hands_back_the_pointer, reset),
+        cmocka_unit_test_setup(test_cancel_from_a_callback_acted_on_at_once, reset),
+        cmocka_unit_test_setup(test_poll_wakes_for_a_backoff, reset),
     };
+    driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
     return emu_suite_result(cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown),
                             &E);

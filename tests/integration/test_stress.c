@@ -226,10 +226,132 @@ static void test_one_fetch_in_flight(void **state)
     assert_int_equal(emu_stop(&E), 0);
 }
 
+struct open_arg {
+    pthread_barrier_t *barrier;
+    maas_stream *s;
+    maas_status st;
+};
+
+static void *open_by_name(void *p)
+{
+    struct open_arg *a = p;
+    maas_request req = MAAS_REQUEST_INIT;
+    req.model = "mistralai/Mistral-7B-Instruct-v0.1";
+    req.prompt = "Tell me a joke";
+    req.max_new_tokens = 5;
+    pthread_barrier_wait(a->barrier);
+    a->st = maas_stream_open(&a->s, C, &req);
+    return NULL;
+}
+
+static void test_one_catalogue_fetch_in_flight(void **state)
+{
+    /* Every thread names its model by name, so each needs the catalogue. The
+     * first GET /models answers after 500 ms, the later ones at once: a thread
+     * that fetched on its own instead of waiting would be a second request. */
+    maas_client_options o;
+    pthread_t th[THREADS];
+    struct open_arg a[THREADS];
+    pthread_barrier_t barrier;
+    int t;
+    (void)state;
+    assert_int_equal(emu_start(&E, NULL), 0);
+    emu_options(&E, &o);
+    assert_int_equal(maas_client_new(&C, &o), MAAS_OK);
+    assert_int_equal(maas_client_authenticate(C), MAAS_OK);
+    assert_int_equal(emu_fault(&E, "/v1/maas/models", "first-byte-delay=500", 1), 200);
+    pthread_barrier_init(&barrier, NULL, THREADS);
+    for (t = 0; t < THREADS; t++) {
+        a[t].barrier = &barrier;
+        a[t].s = NULL;
+        assert_int_equal(pthread_create(&th[t], NULL, open_by_name, &a[t]), 0);
+    }
+    for (t = 0; t < THREADS; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(a[t].st, MAAS_OK);
+        maas_stream_free(a[t].s);
+    }
+    pthread_barrier_destroy(&barrier);
+    assert_int_equal(emu_stat(&E, "models_requests"), 1);
+    maas_client_free(C);
+    assert_int_equal(emu_stop(&E), 0);
+}
+
+static void test_failed_catalogue_fetch_tried_again(void **state)
+{
+    /* The first GET /models fails after 500 ms while the other threads wait
+     * for it; the next waiting thread asks again, and that one serves all. */
+    maas_client_options o;
+    pthread_t th[THREADS];
+    struct open_arg a[THREADS];
+    pthread_barrier_t barrier;
+    int t, failed = 0;
+    (void)state;
+    assert_int_equal(emu_start(&E, NULL), 0);
+    emu_options(&E, &o);
+    o.max_retries = MAAS_RETRIES_OFF;
+    assert_int_equal(maas_client_new(&C, &o), MAAS_OK);
+    assert_int_equal(maas_client_authenticate(C), MAAS_OK);
+    assert_int_equal(emu_fault(&E, "/v1/maas/models", "first-byte-delay=500", 1), 200);
+    assert_int_equal(emu_fault(&E, "/v1/maas/models", "status=503", 1), 200);
+    pthread_barrier_init(&barrier, NULL, THREADS);
+    for (t = 0; t < THREADS; t++) {
+        a[t].barrier = &barrier;
+        a[t].s = NULL;
+        assert_int_equal(pthread_create(&th[t], NULL, open_by_name, &a[t]), 0);
+    }
+    for (t = 0; t < THREADS; t++) {
+        pthread_join(th[t], NULL);
+        if (a[t].st == MAAS_ERR_UNAVAILABLE)
+            failed++;
+        else
+            assert_int_equal(a[t].st, MAAS_OK);
+        maas_stream_free(a[t].s);
+    }
+    pthread_barrier_destroy(&barrier);
+    assert_int_equal(failed, 1);
+    assert_int_equal(emu_stat(&E, "models_requests"), 2);
+    maas_client_free(C);
+    assert_int_equal(emu_stop(&E), 0);
+}
+
+static void test_sixteen_idle_channels_kept(void **state)
+{
+    /* 20 streams held open at once take 20 channels, each with its own
+     * connection; given back, 16 wait in the pool with their connections
+     * and the other 4 are closed. */
+    enum { N_STREAMS = 20 };
+    maas_client_options o;
+    maas_request req = MAAS_REQUEST_INIT;
+    maas_stream *s[N_STREAMS];
+    int i;
+    (void)state;
+    assert_int_equal(emu_start(&E, NULL), 0);
+    emu_options(&E, &o);
+    assert_int_equal(maas_client_new(&C, &o), MAAS_OK);
+    req.model = "mistralai/Mistral-7B-Instruct-v0.1";
+    req.prompt = "Tell me a joke";
+    req.max_new_tokens = 5;
+    for (i = 0; i < N_STREAMS; i++)
+        assert_int_equal(maas_stream_open(&s[i], C, &req), MAAS_OK);
+    for (i = 0; i < N_STREAMS; i++)
+        assert_int_equal(maas_stream_run(s[i], NULL, NULL, NULL), MAAS_OK);
+    assert_int_equal(emu_wait_connections(&E, N_STREAMS, 5000), N_STREAMS);
+    for (i = 0; i < N_STREAMS; i++)
+        maas_stream_free(s[i]);
+    assert_int_equal(emu_wait_connections(&E, 16, 3000), 16);
+    maas_client_free(C);
+    assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
+    assert_int_equal(emu_stop(&E), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_fetch_in_flight),
+        cmocka_unit_test(test_one_catalogue_fetch_in_flight),
+        cmocka_unit_test(test_failed_catalogue_fetch_tried_again),
+        cmocka_unit_test(test_sixteen_idle_channels_kept),
         cmocka_unit_test(test_shared_client_under_faults),
     };
     return cmocka_run_group_tests_name("stress", tests, NULL, NULL);

@@ -361,6 +361,121 @@ static void test_failed_fetch_is_shared(void **state)
     assert_int_equal(emu_stop(&e), 0);
 }
 
+/* ---- the lock of the cache is not held during a fetch ------------------------ */
+
+static void test_cache_lock_free_during_fetch(void **state)
+{
+    maas_client *c;
+    maas_request r;
+    struct call k1, k2;
+    pthread_t t1, t2;
+    (void)state;
+    assert_int_equal(emu_start(&e, NULL), 0);
+    c = client_with(&e, 1, 0, 0, NULL, NULL);
+    memset(&k1, 0, sizeof k1);
+    memset(&k2, 0, sizeof k2);
+    k2.c = c;
+    request_init(&r, "Tell me a joke");
+    assert_int_equal(maas_stream_open(&k1.s, c, &r), MAAS_OK);
+    /* Inside the refresh window (3300 s of 3600), past the rate limit: k1's
+     * first attempt refreshes, and the refresh takes 30 s. */
+    walk_to(3300 * 1000);
+    wait_rate_limit(c);
+    assert_int_equal(emu_fault(&e, "/oauth2/token", "first-byte-delay=30000", 1), 200);
+    assert_int_equal(pthread_create(&t1, NULL, do_run, &k1), 0);
+    assert_int_equal(emu_wait_stat(&e, "token_requests", 2, 10000), 2);
+    /* Meanwhile another thread is served the still-valid token at once: a
+     * lock held for the request would keep it for the 30 s. */
+    assert_int_equal(pthread_create(&t2, NULL, do_authenticate, &k2), 0);
+    if (!wait_done(&k2, 5000))
+        fail_msg("a valid token was not served while another thread fetched");
+    pthread_join(t2, NULL);
+    assert_int_equal(k2.st, MAAS_OK);
+    assert_false(atomic_load(&k1.done));
+    maas_stream_cancel(k1.s);
+    pthread_join(t1, NULL);
+    assert_int_equal(k1.st, MAAS_ERR_CANCELLED);
+    assert_int_equal(emu_stat(&e, "token_requests"), 2);
+    maas_stream_free(k1.s);
+    maas_client_free(c);
+    assert_int_equal(emu_stop(&e), 0);
+}
+
+/* ---- a 401 drops the token only if it is still the refused one -------------- */
+
+static void test_reject_drops_only_the_refused_token(void **state)
+{
+    maas_client *c;
+    uint64_t refused, current;
+    (void)state;
+    assert_int_equal(emu_start(&e, NULL), 0);
+    c = client_with(&e, 1, 0, 0, NULL, NULL);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    refused = c->auth.generation;
+    /* Another thread has replaced the token since (here: it expired). */
+    walk_to(3600 * 1000);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    current = c->auth.generation;
+    assert_true(current != refused);
+    assert_int_equal(emu_stat(&e, "token_requests"), 2);
+    /* The 401 to the old token leaves the new one in place. */
+    maas_auth_reject(c, refused);
+    assert_non_null(c->auth.header);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    assert_int_equal(c->auth.generation, current);
+    assert_int_equal(emu_stat(&e, "token_requests"), 2);
+    /* A 401 to the current token drops it. */
+    maas_auth_reject(c, current);
+    assert_null(c->auth.header);
+    maas_client_free(c);
+    assert_int_equal(emu_stop(&e), 0);
+}
+
+/* ---- no log line is written under the cache's lock ------------------------- */
+
+struct lock_probe {
+    maas_client *c;
+    int lines, under_lock;
+};
+
+static void probe_lock(maas_log_level level, const char *message, void *payload)
+{
+    struct lock_probe *p = payload;
+    (void)level;
+    (void)message;
+    /* One thread only in this test: a busy lock is this thread's own. */
+    if (!p->c)
+        return;
+    p->lines++;
+    if (pthread_mutex_trylock(&p->c->auth.lock) == 0)
+        pthread_mutex_unlock(&p->c->auth.lock);
+    else
+        p->under_lock++;
+}
+
+static void test_no_log_line_under_the_cache_lock(void **state)
+{
+    maas_client *c;
+    struct lock_probe p = { NULL, 0, 0 };
+    (void)state;
+    assert_int_equal(emu_start(&e, NULL), 0);
+    c = client_with(&e, 1, 0, 0, probe_lock, &p);
+    p.c = c;
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    /* A failed refresh in the refresh window: the cached token is served,
+     * with a warning, the one line the cache itself writes at this level. */
+    assert_int_equal(emu_fault(&e, "/oauth2/token", "status=503", 1), 200);
+    walk_to(3300 * 1000);
+    wait_rate_limit(c);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    assert_int_equal(emu_stat(&e, "token_requests"), 2);
+    assert_true(p.lines >= 1);
+    assert_int_equal(p.under_lock, 0);
+    p.c = NULL;
+    maas_client_free(c);
+    assert_int_equal(emu_stop(&e), 0);
+}
+
 /* ---- item 10: cancellation and deadlines reach into a token fetch ---------- */
 
 /* Open a stream while the token is fresh, then expire it: its first attempt fetches. */
@@ -372,6 +487,39 @@ static maas_stream *open_then_expire(maas_client *c)
     assert_int_equal(maas_stream_open(&s, c, &r), MAAS_OK);
     walk_to(3600 * 1000);
     return s;
+}
+
+/* ---- a fetch its own thread gave up is not the waiters' failure ------------- */
+
+static void test_waiter_fetches_after_abandoned_fetch(void **state)
+{
+    maas_client *c;
+    struct call k1, k2;
+    pthread_t t1, t2;
+    (void)state;
+    assert_int_equal(emu_start(&e, NULL), 0);
+    c = client_with(&e, 1, 0, 0, NULL, NULL);
+    memset(&k1, 0, sizeof k1);
+    memset(&k2, 0, sizeof k2);
+    k2.c = c;
+    k1.s = open_then_expire(c);
+    assert_int_equal(emu_fault(&e, "/oauth2/token", "first-byte-delay=30000", 1), 200);
+    /* k1 fetches (30 s), k2 waits for that fetch; then k1 is cancelled. */
+    assert_int_equal(pthread_create(&t1, NULL, do_run, &k1), 0);
+    assert_int_equal(emu_wait_stat(&e, "token_requests", 2, 10000), 2);
+    assert_int_equal(pthread_create(&t2, NULL, do_authenticate, &k2), 0);
+    assert_true(wait_auth(c, waiters_are, 1, 10000));
+    maas_stream_cancel(k1.s);
+    pthread_join(t1, NULL);
+    assert_int_equal(k1.st, MAAS_ERR_CANCELLED);
+    /* The waiter, not cancelled, starts the next fetch and gets a token. */
+    assert_true(wait_done(&k2, 20000));
+    pthread_join(t2, NULL);
+    assert_int_equal(k2.st, MAAS_OK);
+    assert_int_equal(emu_stat(&e, "token_requests"), 3);
+    maas_stream_free(k1.s);
+    maas_client_free(c);
+    assert_int_equal(emu_stop(&e), 0);
 }
 
 static void test_cancel_during_own_fetch(void **state)
@@ -547,6 +695,10 @@ int main(void)
         cmocka_unit_test_teardown(test_one_token_request_per_second, stop_emulator),
         cmocka_unit_test_teardown(test_failed_refresh_serves_cached_token, stop_emulator),
         cmocka_unit_test_teardown(test_failed_fetch_is_shared, stop_emulator),
+        cmocka_unit_test_teardown(test_cache_lock_free_during_fetch, stop_emulator),
+        cmocka_unit_test_teardown(test_reject_drops_only_the_refused_token, stop_emulator),
+        cmocka_unit_test_teardown(test_no_log_line_under_the_cache_lock, stop_emulator),
+        cmocka_unit_test_teardown(test_waiter_fetches_after_abandoned_fetch, stop_emulator),
         cmocka_unit_test_teardown(test_cancel_during_own_fetch, stop_emulator),
         cmocka_unit_test_teardown(test_cancel_while_waiting_for_another_fetch, stop_emulator),
         cmocka_unit_test_teardown(test_cancel_during_fetch_backoff, stop_emulator),

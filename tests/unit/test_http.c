@@ -235,6 +235,13 @@ static void test_error_record_cuts_on_utf8_boundary(void **state)
     maas_error_set(&e, MAAS_ERR_SERVER, "x%s", big);
     assert_true(strlen(e.message) < MAAS_MSG_TEXT_MAX);
     assert_int_equal((strlen(e.message) - 1) % 2, 0);
+    /* Escaped newlines take two bytes each, so the record fills up inside
+     * the text, at a point of its own: still between two characters. */
+    maas_error_set(&e, MAAS_ERR_SERVER, "\n\n\n%s", big);
+    assert_true(strlen(e.message) < MAAS_MSG_TEXT_MAX);
+    assert_memory_equal(e.message, "\\n\\n\\n", 6);
+    assert_int_equal(strlen(e.message) % 2, 0);
+    assert_int_equal((unsigned char)e.message[strlen(e.message) - 1], 0xa9);
 }
 
 int main(void)
