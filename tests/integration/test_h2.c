@@ -37,194 +37,21 @@
 
 #include <cmocka.h>
 
+#include "front.h"
 #include "harness.h"
-
-extern char **environ;
 
 static emu E;
 
 #define MISTRAL "mistralai/Mistral-7B-Instruct-v0.1"
 #define GEN_PATH "/v1/maas/generatestream"
 
-/* ---- the front end ---------------------------------------------------------------- */
-
-static struct front {
-    pid_t pid;
-    int port;
-    char dir[64];
-    char key[128], cert[128], log[128], errlog[128];
-    char api[128], auth[128];
-    long log_seen; /* bytes of the access log already read */
-} F;
+static front F;
 
 static long now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int spawn_wait(const char *const *argv)
-{
-    pid_t pid;
-    int status;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    int rc = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) {
-        fprintf(stderr, "test_h2: cannot run %s: %s\n", argv[0], strerror(rc));
-        return -1;
-    }
-    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "test_h2: %s failed\n", argv[0]);
-        return -1;
-    }
-    return 0;
-}
-
-/* A loopback port nothing listens on now. */
-static int free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-static int accepting(int port)
-{
-    struct sockaddr_in a;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ok;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-/* The port of an emulator URL ("http://127.0.0.1:PORT/..."). */
-static int url_port(const char *url)
-{
-    const char *p = strrchr(url + strlen("http://"), ':');
-    return p ? atoi(p + 1) : -1;
-}
-
-static int front_start(void)
-{
-    char frontend[64], api_backend[64], token_backend[80], accesslog[160], errorlog[160];
-    int api_port = url_port(E.api), token_port = url_port(E.auth);
-    snprintf(F.dir, sizeof F.dir, "/tmp/maas-h2-XXXXXX");
-    if (!mkdtemp(F.dir))
-        return -1;
-    snprintf(F.key, sizeof F.key, "%s/key.pem", F.dir);
-    snprintf(F.cert, sizeof F.cert, "%s/cert.pem", F.dir);
-    snprintf(F.log, sizeof F.log, "%s/access.log", F.dir);
-    snprintf(F.errlog, sizeof F.errlog, "%s/error.log", F.dir);
-    {
-        const char *const argv[] = { "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", F.key,
-                                     "-out", F.cert, "-days", "2", "-subj", "/CN=127.0.0.1",
-                                     "-addext", "subjectAltName=IP:127.0.0.1", NULL };
-        if (spawn_wait(argv))
-            return -1;
-    }
-    F.port = free_port();
-    if (F.port < 0 || api_port < 0 || token_port < 0)
-        return -1;
-    snprintf(frontend, sizeof frontend, "--frontend=127.0.0.1,%d", F.port);
-    /* The API is the catch-all backend; the token endpoint is its own. */
-    snprintf(api_backend, sizeof api_backend, "--backend=127.0.0.1,%d", api_port);
-    snprintf(token_backend, sizeof token_backend, "--backend=127.0.0.1,%d;/oauth2/", token_port);
-    snprintf(accesslog, sizeof accesslog, "--accesslog-file=%s", F.log);
-    snprintf(errorlog, sizeof errorlog, "--errorlog-file=%s", F.errlog);
-    {
-        const char *nghttpx = getenv("MAAS_NGHTTPX");
-        const char *const argv[] = {
-            nghttpx && *nghttpx ? nghttpx : "nghttpx", frontend, api_backend, token_backend,
-            "--workers=1", "--no-ocsp", accesslog, errorlog,
-            "--accesslog-format=$remote_port $alpn $status $method $path",
-            "--frontend-read-timeout=120s", "--backend-read-timeout=120s", F.key, F.cert, NULL
-        };
-        posix_spawn_file_actions_t fa;
-        int rc;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-        rc = posix_spawnp(&F.pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-        posix_spawn_file_actions_destroy(&fa);
-        if (rc != 0) {
-            fprintf(stderr, "test_h2: cannot run %s (Debian package nghttp2-proxy): %s\n",
-                    argv[0], strerror(rc));
-            F.pid = 0;
-            return -1;
-        }
-    }
-    for (long end = now_ms() + 20000; now_ms() < end;) {
-        struct timespec ts = { 0, 20 * 1000000L };
-        int status;
-        if (accepting(F.port))
-            break;
-        if (waitpid(F.pid, &status, WNOHANG) == F.pid) {
-            fprintf(stderr, "test_h2: nghttpx exited at start (see %s)\n", F.errlog);
-            F.pid = 0;
-            return -1;
-        }
-        nanosleep(&ts, NULL);
-    }
-    if (!accepting(F.port))
-        return -1;
-    snprintf(F.api, sizeof F.api, "https://127.0.0.1:%d/v1/maas", F.port);
-    snprintf(F.auth, sizeof F.auth, "https://127.0.0.1:%d/oauth2/token", F.port);
-    return 0;
-}
-
-/*
- * SIGQUIT (nghttpx's graceful shutdown: it exits 0 once its connections
- * are closed; SIGTERM would kill it at once) and reap within 20 s: 0 for a
- * clean exit.
- */
-static int front_stop(void)
-{
-    int status = 0, rc = 0;
-    if (F.pid > 0) {
-        struct timespec ts = { 0, 20 * 1000000L };
-        long end = now_ms() + 20000;
-        pid_t r;
-        kill(F.pid, SIGQUIT);
-        while ((r = waitpid(F.pid, &status, WNOHANG)) == 0 && now_ms() < end)
-            nanosleep(&ts, NULL);
-        if (r == 0) {
-            fprintf(stderr, "test_h2: nghttpx still running 20 s after SIGQUIT\n");
-            kill(F.pid, SIGKILL);
-            waitpid(F.pid, &status, 0);
-            rc = -1;
-        } else if (r != F.pid || !WIFEXITED(status) || WEXITSTATUS(status)) {
-            rc = -1;
-        }
-        F.pid = 0;
-    }
-    if (F.dir[0]) {
-        unlink(F.key);
-        unlink(F.cert);
-        unlink(F.log);
-        unlink(F.errlog);
-        rmdir(F.dir);
-        F.dir[0] = '\0';
-    }
-    return rc;
 }
 
 /* ---- the front end's access log --------------------------------------------------- */
@@ -289,9 +116,7 @@ static maas_client *client(int http_version, long idle_ms, int retries)
     maas_client_options o;
     maas_client *c = NULL;
     emu_options(&E, &o);
-    o.api_base_url = F.api;
-    o.auth_url = F.auth;
-    o.ca_bundle = F.cert;
+    front_options(&F, &o);
     o.http_version = http_version;
     o.idle_timeout_ms = idle_ms;
     o.max_retries = retries;
@@ -549,7 +374,7 @@ static int group_setup(void **state)
     (void)state;
     if (emu_start(&E, NULL) != 0)
         return -1;
-    return front_start();
+    return front_start(&F, &E);
 }
 
 /* cmocka exits 0 after a failing group teardown: main() checks this. */
@@ -558,7 +383,7 @@ static int front_failed;
 static int group_teardown(void **state)
 {
     (void)state;
-    if (front_stop() != 0) {
+    if (front_stop(&F) != 0) {
         fprintf(stderr, "test_h2: nghttpx did not exit cleanly\n");
         front_failed = 1;
     }
@@ -576,7 +401,7 @@ int main(void)
         cmocka_unit_test_setup(test_replay_and_retry_over_h2, reset),
     };
     int rc = cmocka_run_group_tests_name("h2", tests, group_setup, group_teardown);
-    if ((F.pid > 0 && front_stop() != 0) || front_failed)
+    if ((F.pid > 0 && front_stop(&F) != 0) || front_failed)
         rc = rc ? rc : 1;
     return emu_suite_result(rc, &E);
 }
