@@ -73,8 +73,14 @@ static void usage(FILE *f)
           "  --details             finish reason, token count, seed, timings and rate-limit\n"
           "                        headers on stderr at the end (rate limits after a failure too)\n"
           "\n"
+          "Options of every command:\n"
+          "  --http1.1             HTTP/1.1 only (MAAS_HTTP_VERSION=1.1)\n"
+          "  --http2               HTTP/2 where the server offers it, the default\n"
+          "                        (MAAS_HTTP_VERSION=2)\n"
+          "\n"
           "Environment: MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT,\n"
-          "  MAAS_API_BASE_URL, MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_LOG.\n"
+          "  MAAS_API_BASE_URL, MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE,\n"
+          "  MAAS_HTTP_VERSION, MAAS_LOG.\n"
           "\n"
           "Exit status: 0 success; 1 internal error; 2 usage; 3 configuration;\n"
           "  4 authentication or permission; 5 request rejected (invalid, unknown model);\n"
@@ -744,6 +750,31 @@ static void no_core_dumps(void)
 #endif
 }
 
+/*
+ * --http1.1 and --http2, for every command: taken out of argv (before any
+ * "--") and handed to the library as MAAS_HTTP_VERSION, which every
+ * command's client reads. The new argc.
+ */
+static int take_http_version(int argc, char **argv)
+{
+    int i, k = 2;
+    for (i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--")) {
+            while (i < argc)
+                argv[k++] = argv[i++];
+            break;
+        }
+        if (!strcmp(argv[i], "--http1.1"))
+            setenv("MAAS_HTTP_VERSION", "1.1", 1);
+        else if (!strcmp(argv[i], "--http2"))
+            setenv("MAAS_HTTP_VERSION", "2", 1);
+        else
+            argv[k++] = argv[i];
+    }
+    argv[k] = NULL;
+    return k;
+}
+
 int main(int argc, char **argv)
 {
     static sigset_t set;
@@ -762,6 +793,7 @@ int main(int argc, char **argv)
         printf("maas %s (libmaas %s)\n", MAAS_VERSION_STRING, maas_version());
         return EXIT_OK;
     }
+    argc = take_http_version(argc, argv);
     if (!strcmp(argv[1], "batch")) /* before the signal thread below: it has its own */
         return maas_cli_batch(argc - 2, argv + 2);
     /* Signals are taken by one thread, so a cancel never runs inside a handler. */

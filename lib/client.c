@@ -38,7 +38,7 @@ static size_t options_size(unsigned int version)
     case 1:
         return offsetof(maas_client_options, insecure_skip_tls_verify) + sizeof(int);
     case 2:
-        return offsetof(maas_client_options, allow_insecure_http) + sizeof(int);
+        return offsetof(maas_client_options, http_version) + sizeof(int);
     default:
         return 0;
     }
@@ -89,6 +89,15 @@ maas_status maas_client_options_from_env(maas_client_options *opts, unsigned int
         /* The proxy itself comes from HTTPS_PROXY and friends, which libcurl reads. */
         opts->proxy_ca_bundle = env("MAAS_PROXY_CA_BUNDLE");
         opts->allow_insecure_http = v && !strcmp(v, "1");
+        v = env("MAAS_HTTP_VERSION");
+        if (!v || !strcmp(v, "auto"))
+            opts->http_version = MAAS_HTTP_AUTO;
+        else if (!strcmp(v, "1.1"))
+            opts->http_version = MAAS_HTTP_1_1;
+        else if (!strcmp(v, "2"))
+            opts->http_version = MAAS_HTTP_2;
+        else
+            opts->http_version = -1; /* refused by maas_client_new, naming the variable */
     }
     return MAAS_OK;
 }
@@ -279,6 +288,10 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *caller
          (st = check_plain_http("auth_url", "MAAS_AUTH_URL", opts->auth_url,
                                 opts->allow_insecure_http)) != MAAS_OK))
         return st;
+    if (opts->http_version < MAAS_HTTP_AUTO || opts->http_version > MAAS_HTTP_2)
+        return maas_fail(MAAS_ERR_CONFIG,
+                         "http_version must be MAAS_HTTP_AUTO, MAAS_HTTP_1_1 or MAAS_HTTP_2 "
+                         "(MAAS_HTTP_VERSION=auto, 1.1 or 2), got %d", opts->http_version);
     if (opts->max_retries < MAAS_RETRIES_OFF)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "max_retries must be >= -1, got %d",
                          opts->max_retries);
@@ -333,6 +346,7 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *caller
                            : opts->models_timeout_ms < 0 ? 0 : opts->models_timeout_ms;
     c->max_text_bytes = opts->max_text_bytes ? opts->max_text_bytes : MAAS_DEFAULT_MAX_TEXT_BYTES;
     c->insecure = opts->insecure_skip_tls_verify != 0;
+    c->http_version = opts->http_version;
     c->log.level = opts->log_level != MAAS_LOG_OFF ? opts->log_level : maas_log_level_from_env();
     c->log.cb = opts->log_cb;
     c->log.payload = opts->log_payload;

@@ -93,6 +93,7 @@ struct maas_client {
     long models_timeout_ms;    /* whole GET /models; 0: none */
     size_t max_text_bytes;     /* maas_generate_text()'s cap */
     int insecure;
+    int http_version; /* a maas_http_version */
     maas_log_sink log;
 
     maas_auth auth;

@@ -145,6 +145,13 @@ maas_status maas_http_setup(maas_client *c, CURL *easy, char *errbuf, maas_error
     SET(CURLOPT_TCP_KEEPIDLE, 30L);
     SET(CURLOPT_TCP_KEEPINTVL, 15L);
     SET(CURLOPT_FOLLOWLOCATION, 0L);
+    /* HTTP/2 where the server offers it by ALPN (the service's front end
+     * does), HTTP/1.1 otherwise and on plain http://. PIPEWAIT: a transfer
+     * started while another connects to the same host waits to learn whether
+     * that connection multiplexes, rather than opening one of its own. */
+    SET(CURLOPT_HTTP_VERSION, c->http_version == MAAS_HTTP_1_1 ? (long)CURL_HTTP_VERSION_1_1
+                                                               : (long)CURL_HTTP_VERSION_2TLS);
+    SET(CURLOPT_PIPEWAIT, 1L);
 #if LIBCURL_VERSION_NUM >= 0x075500
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
 #else

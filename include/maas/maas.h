@@ -165,6 +165,19 @@ typedef struct maas_client maas_client;
 #define MAAS_DEFAULT_MAX_TEXT_BYTES (16u * 1024u * 1024u)
 
 /**
+ * The HTTP version a client asks for (maas_client_options.http_version).
+ * Over https://, HTTP/2 is negotiated with the server (ALPN) and a server
+ * that does not offer it gets HTTP/1.1 in every mode: the version is the
+ * server's choice among those offered. Plain http:// (loopback, or with
+ * allow_insecure_http) always uses HTTP/1.1: no HTTP/2 without TLS.
+ */
+typedef enum maas_http_version {
+    MAAS_HTTP_AUTO = 0, /**< offer HTTP/2 and HTTP/1.1 over TLS (the default) */
+    MAAS_HTTP_1_1 = 1,  /**< HTTP/1.1 only: HTTP/2 is not offered */
+    MAAS_HTTP_2 = 2     /**< as MAAS_HTTP_AUTO: HTTP/2 offered, HTTP/1.1 the fallback */
+} maas_http_version;
+
+/**
  * Client configuration. Initialise with MAAS_CLIENT_OPTIONS_INIT or
  * maas_client_options_init(); every field left zero takes its documented
  * default. Strings are copied by maas_client_new(). Fields are only ever
@@ -219,6 +232,10 @@ typedef struct maas_client_options {
                                         tokens then cross the network in clear text. 0
                                         (default): such a URL fails with MAAS_ERR_CONFIG.
                                         From the environment: MAAS_ALLOW_INSECURE_HTTP=1 */
+    int http_version;              /**< a maas_http_version; 0: MAAS_HTTP_AUTO. Concurrent
+                                        streams of one maas_multi share HTTP/2 connections.
+                                        From the environment: MAAS_HTTP_VERSION=auto, 1.1
+                                        or 2 */
 } maas_client_options;
 
 /**
@@ -228,7 +245,7 @@ typedef struct maas_client_options {
 #define MAAS_CLIENT_OPTIONS_INIT                                               \
     { MAAS_CLIENT_OPTIONS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL,  \
       0L, 0L, 0L, 0, 0L, 0L, 0L, 0L, 0u, MAAS_LOG_OFF, NULL, NULL, NULL, 0,   \
-      NULL, NULL, 0L, 0L, 0u, 0 }
+      NULL, NULL, 0L, 0L, 0u, 0, 0 }
 
 /**
  * Zero `opts` and set its version. Returns MAAS_ERR_OPTIONS_VERSION for a
@@ -240,8 +257,8 @@ MAAS_EXPORT maas_status maas_client_options_init(maas_client_options *opts, unsi
  * Create a client. `opts` NULL reads everything from the environment
  * (MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, MAAS_CLOUD_ACCOUNT, MAAS_API_BASE_URL,
  * MAAS_AUTH_URL, MAAS_TOKEN, MAAS_CA_BUNDLE, MAAS_PROXY_CA_BUNDLE,
- * MAAS_ALLOW_INSECURE_HTTP, MAAS_LOG). MAAS_ERR_CONFIG for missing
- * credentials, a string with a control character or invalid UTF-8, a URL
+ * MAAS_ALLOW_INSECURE_HTTP, MAAS_HTTP_VERSION, MAAS_LOG). MAAS_ERR_CONFIG for
+ * missing credentials, an http_version that is not a maas_http_version, a string with a control character or invalid UTF-8, a URL
  * that is not http(s), and an http:// URL to a host that is not loopback
  * unless allow_insecure_http is set. With `opts`, the environment is not
  * read except MAAS_LOG when opts->log_level is 0, and the standard proxy

@@ -127,6 +127,21 @@ class Cli(unittest.TestCase):
             self.assertEqual(len(err.splitlines()), 1, (args, err))
         self.assertEqual(self.emu.stats()["generate_requests"], 0)
 
+    def test_http_version_flags(self):
+        # --http1.1 / --http2 anywhere among a command's options; after "--"
+        # the words are the prompt's. The emulator is plain HTTP: 1.1 either way.
+        for flag in ("--http1.1", "--http2"):
+            rc, out, err = run(self.emu, "models", flag)
+            self.assertEqual((rc, err), (0, ""))
+            rc, out, err = run(self.emu, "generate", flag, "--max-tokens", "3", "Tell me a joke")
+            self.assertEqual(rc, 0, err)
+        rc, out, err = run(self.emu, "generate", "--max-tokens", "3", "--", "--http2")
+        self.assertEqual(rc, 0, err)
+        # A bad MAAS_HTTP_VERSION is a configuration error that names the variable.
+        rc, out, err = run(self.emu, "models", env=self.emu.env(MAAS_HTTP_VERSION="3"))
+        self.assertEqual(rc, 3, err)
+        self.assertIn("MAAS_HTTP_VERSION", err)
+
     def check_error(self, prompt, code, needle, *extra):
         rc, out, err = run(self.emu, "generate", "--model", MISTRAL, "--max-tokens", "10",
                            *extra, prompt)

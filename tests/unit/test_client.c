@@ -15,7 +15,7 @@ static void clear_env(void)
 {
     static const char *const vars[] = { "MAAS_CLIENT_ID", "MAAS_CLIENT_SECRET", "MAAS_CLOUD_ACCOUNT",
                                         "MAAS_API_BASE_URL", "MAAS_AUTH_URL", "MAAS_TOKEN",
-                                        "MAAS_CA_BUNDLE", "MAAS_LOG" };
+                                        "MAAS_CA_BUNDLE", "MAAS_LOG", "MAAS_HTTP_VERSION" };
     size_t i;
     for (i = 0; i < sizeof vars / sizeof vars[0]; i++)
         unsetenv(vars[i]);
@@ -84,6 +84,28 @@ static void test_options_from_env(void **state)
     assert_int_equal(maas_client_options_from_env(&o, MAAS_CLIENT_OPTIONS_VERSION), MAAS_OK);
     assert_int_equal(o.log_level, MAAS_LOG_OFF);
     assert_int_equal(maas_client_options_from_env(&o, 7), MAAS_ERR_OPTIONS_VERSION);
+    /* MAAS_HTTP_VERSION: the three spellings, and anything else left for
+     * maas_client_new to refuse by name. */
+    assert_int_equal(o.http_version, MAAS_HTTP_AUTO);
+    setenv("MAAS_HTTP_VERSION", "1.1", 1);
+    assert_int_equal(maas_client_options_from_env(&o, MAAS_CLIENT_OPTIONS_VERSION), MAAS_OK);
+    assert_int_equal(o.http_version, MAAS_HTTP_1_1);
+    setenv("MAAS_HTTP_VERSION", "2", 1);
+    assert_int_equal(maas_client_options_from_env(&o, MAAS_CLIENT_OPTIONS_VERSION), MAAS_OK);
+    assert_int_equal(o.http_version, MAAS_HTTP_2);
+    setenv("MAAS_HTTP_VERSION", "auto", 1);
+    assert_int_equal(maas_client_options_from_env(&o, MAAS_CLIENT_OPTIONS_VERSION), MAAS_OK);
+    assert_int_equal(o.http_version, MAAS_HTTP_AUTO);
+    setenv("MAAS_HTTP_VERSION", "3", 1);
+    setenv("MAAS_CLIENT_ID", "id", 1);
+    setenv("MAAS_CLIENT_SECRET", "secret", 1);
+    setenv("MAAS_CLOUD_ACCOUNT", "1", 1);
+    {
+        maas_client *c = NULL;
+        assert_int_equal(maas_client_new(&c, NULL), MAAS_ERR_CONFIG);
+        assert_null(c);
+        assert_non_null(strstr(maas_last_error()->message, "MAAS_HTTP_VERSION"));
+    }
     clear_env();
 }
 
@@ -141,6 +163,14 @@ static void test_client_new_checks(void **state)
     base(&o);
     o.max_retries = -2;
     assert_int_equal(make(&o, &c), MAAS_ERR_INVALID_ARGUMENT);
+
+    base(&o);
+    o.http_version = MAAS_HTTP_2 + 1;
+    assert_int_equal(make(&o, &c), MAAS_ERR_CONFIG);
+    assert_non_null(strstr(maas_last_error()->message, "http_version"));
+    base(&o);
+    o.http_version = -1;
+    assert_int_equal(make(&o, &c), MAAS_ERR_CONFIG);
 
     base(&o);
     o.version = 0;

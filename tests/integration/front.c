@@ -1,0 +1,199 @@
+/*
+ * front: nghttpx in front of maas-emulator (see front.h).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "front.h"
+
+extern char **environ;
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int spawn_wait(const char *const *argv)
+{
+    pid_t pid;
+    int status;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    int rc = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+        fprintf(stderr, "front: cannot run %s: %s\n", argv[0], strerror(rc));
+        return -1;
+    }
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "front: %s failed\n", argv[0]);
+        return -1;
+    }
+    return 0;
+}
+
+/* A loopback port nothing listens on now. */
+static int free_port(void)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static int accepting(int port)
+{
+    struct sockaddr_in a;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ok;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/* The port of an emulator URL ("http://127.0.0.1:PORT/..."). */
+static int url_port(const char *url)
+{
+    const char *p = strrchr(url + strlen("http://"), ':');
+    return p ? atoi(p + 1) : -1;
+}
+
+int front_start(front *f, const emu *e)
+{
+    char frontend[64], api_backend[64], token_backend[80], accesslog[160], errorlog[160];
+    int api_port = url_port(e->api), token_port = url_port(e->auth);
+    snprintf(f->dir, sizeof f->dir, "/tmp/maas-h2-XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->key, sizeof f->key, "%s/key.pem", f->dir);
+    snprintf(f->cert, sizeof f->cert, "%s/cert.pem", f->dir);
+    snprintf(f->log, sizeof f->log, "%s/access.log", f->dir);
+    snprintf(f->errlog, sizeof f->errlog, "%s/error.log", f->dir);
+    {
+        const char *const argv[] = { "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f->key,
+                                     "-out", f->cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                                     "-addext", "subjectAltName=IP:127.0.0.1", NULL };
+        if (spawn_wait(argv))
+            return -1;
+    }
+    f->port = free_port();
+    if (f->port < 0 || api_port < 0 || token_port < 0)
+        return -1;
+    snprintf(frontend, sizeof frontend, "--frontend=127.0.0.1,%d", f->port);
+    /* The API is the catch-all backend; the token endpoint is its own. */
+    snprintf(api_backend, sizeof api_backend, "--backend=127.0.0.1,%d", api_port);
+    snprintf(token_backend, sizeof token_backend, "--backend=127.0.0.1,%d;/oauth2/", token_port);
+    snprintf(accesslog, sizeof accesslog, "--accesslog-file=%s", f->log);
+    snprintf(errorlog, sizeof errorlog, "--errorlog-file=%s", f->errlog);
+    {
+        const char *nghttpx = getenv("MAAS_NGHTTPX");
+        const char *const argv[] = {
+            nghttpx && *nghttpx ? nghttpx : "nghttpx", frontend, api_backend, token_backend,
+            "--workers=1", "--no-ocsp", accesslog, errorlog,
+            "--accesslog-format=$remote_port $alpn $status $method $path",
+            "--frontend-read-timeout=120s", "--backend-read-timeout=120s", f->key, f->cert, NULL
+        };
+        posix_spawn_file_actions_t fa;
+        int rc;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+        rc = posix_spawnp(&f->pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+        posix_spawn_file_actions_destroy(&fa);
+        if (rc != 0) {
+            fprintf(stderr, "front: cannot run %s (Debian package nghttp2-proxy): %s\n",
+                    argv[0], strerror(rc));
+            f->pid = 0;
+            return -1;
+        }
+    }
+    for (long end = now_ms() + 20000; now_ms() < end;) {
+        struct timespec ts = { 0, 20 * 1000000L };
+        int status;
+        if (accepting(f->port))
+            break;
+        if (waitpid(f->pid, &status, WNOHANG) == f->pid) {
+            fprintf(stderr, "front: nghttpx exited at start (see %s)\n", f->errlog);
+            f->pid = 0;
+            return -1;
+        }
+        nanosleep(&ts, NULL);
+    }
+    if (!accepting(f->port))
+        return -1;
+    snprintf(f->api, sizeof f->api, "https://127.0.0.1:%d/v1/maas", f->port);
+    snprintf(f->auth, sizeof f->auth, "https://127.0.0.1:%d/oauth2/token", f->port);
+    return 0;
+}
+
+/*
+ * SIGQUIT (nghttpx's graceful shutdown: it exits 0 once its connections
+ * are closed; SIGTERM would kill it at once) and reap within 20 s: 0 for a
+ * clean exit.
+ */
+int front_stop(front *f)
+{
+    int status = 0, rc = 0;
+    if (f->pid > 0) {
+        struct timespec ts = { 0, 20 * 1000000L };
+        long end = now_ms() + 20000;
+        pid_t r;
+        kill(f->pid, SIGQUIT);
+        while ((r = waitpid(f->pid, &status, WNOHANG)) == 0 && now_ms() < end)
+            nanosleep(&ts, NULL);
+        if (r == 0) {
+            fprintf(stderr, "front: nghttpx still running 20 s after SIGQUIT\n");
+            kill(f->pid, SIGKILL);
+            waitpid(f->pid, &status, 0);
+            rc = -1;
+        } else if (r != f->pid || !WIFEXITED(status) || WEXITSTATUS(status)) {
+            rc = -1;
+        }
+        f->pid = 0;
+    }
+    if (f->dir[0]) {
+        unlink(f->key);
+        unlink(f->cert);
+        unlink(f->log);
+        unlink(f->errlog);
+        rmdir(f->dir);
+        f->dir[0] = '\0';
+    }
+    return rc;
+}
+
+
+void front_options(const front *f, maas_client_options *o)
+{
+    o->api_base_url = f->api;
+    o->auth_url = f->auth;
+    o->ca_bundle = f->cert;
+}
