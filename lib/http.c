@@ -148,10 +148,16 @@ maas_status maas_http_setup(maas_client *c, CURL *easy, char *errbuf, maas_error
     /* HTTP/2 where the server offers it by ALPN (the service's front end
      * does), HTTP/1.1 otherwise and on plain http://. PIPEWAIT: a transfer
      * started while another connects to the same host waits to learn whether
-     * that connection multiplexes, rather than opening one of its own. */
+     * that connection multiplexes, rather than opening one of its own. Only
+     * where HTTP/2 can be: on plain http:// libcurl 7.88 would hold the
+     * waiting transfer until the other one ends, and a multi's streams would
+     * run one after the other. */
     SET(CURLOPT_HTTP_VERSION, c->http_version == MAAS_HTTP_1_1 ? (long)CURL_HTTP_VERSION_1_1
                                                                : (long)CURL_HTTP_VERSION_2TLS);
-    SET(CURLOPT_PIPEWAIT, 1L);
+    SET(CURLOPT_PIPEWAIT, c->http_version != MAAS_HTTP_1_1 &&
+                                  !strncasecmp(c->api_base_url, "https://", 8)
+                              ? 1L
+                              : 0L);
 #if LIBCURL_VERSION_NUM >= 0x075500
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
 #else
