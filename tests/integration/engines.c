@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -18,12 +19,6 @@
 const char *const engine_name[ENGINES] = { "maas_generate", "maas_stream_next", "multi poll",
                                            "multi event loop" };
 
-long engine_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void take_error(struct outcome *o, const maas_error *e)
 {
@@ -60,80 +55,6 @@ static void on_done(maas_stream *s, maas_status st, void *p)
         take_error(o, maas_stream_error(s));
 }
 
-/* ---- a poll(2) event loop for the multi's callbacks ---------------------------------- */
-
-struct loop {
-    struct pollfd fds[64];
-    int nfds;
-    long timer_ms; /* -1: none */
-    long timer_set;
-};
-
-static int loop_socket(int fd, int what, void *payload, void *socket_payload)
-{
-    struct loop *l = payload;
-    int i;
-    (void)socket_payload;
-    for (i = 0; i < l->nfds && l->fds[i].fd != fd; i++)
-        ;
-    if (what == MAAS_POLL_REMOVE) {
-        if (i < l->nfds)
-            l->fds[i] = l->fds[--l->nfds];
-        return 0;
-    }
-    if (i == l->nfds) {
-        if (l->nfds == (int)(sizeof l->fds / sizeof l->fds[0]))
-            return -1;
-        l->nfds++;
-    }
-    l->fds[i].fd = fd;
-    l->fds[i].events = (short)(((what & MAAS_POLL_IN) ? POLLIN : 0) |
-                               ((what & MAAS_POLL_OUT) ? POLLOUT : 0));
-    return 0;
-}
-
-static int loop_timer(long timeout_ms, void *payload)
-{
-    struct loop *l = payload;
-    l->timer_ms = timeout_ms;
-    l->timer_set = engine_now_ms();
-    return 0;
-}
-
-static long timer_left(const struct loop *l)
-{
-    long left;
-    if (l->timer_ms < 0)
-        return -1;
-    left = l->timer_set + l->timer_ms - engine_now_ms();
-    return left > 0 ? left : 0;
-}
-
-/* One round of the event loop: wait as the multi asked, then tell it what fired. */
-static void loop_once(maas_multi *m, struct loop *l, size_t *running)
-{
-    long wait = timer_left(l);
-    struct pollfd fired[64];
-    int n, i, k = 0;
-    n = poll(l->fds, (nfds_t)l->nfds, (int)(wait < 0 ? ENGINE_STUCK_MS : wait));
-    assert_true(n >= 0);
-    for (i = 0; n > 0 && i < l->nfds; i++)
-        if (l->fds[i].revents)
-            fired[k++] = l->fds[i];
-    for (i = 0; i < k; i++) {
-        int ev = 0;
-        if (fired[i].revents & (POLLIN | POLLHUP | POLLERR))
-            ev |= MAAS_POLL_IN;
-        if (fired[i].revents & POLLOUT)
-            ev |= MAAS_POLL_OUT;
-        assert_int_equal(maas_multi_socket_action(m, fired[i].fd, ev, running), MAAS_OK);
-    }
-    if (timer_left(l) == 0) {
-        l->timer_ms = -1;
-        assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, running), MAAS_OK);
-    }
-}
-
 static void freed_while_running(struct outcome *o)
 {
     o->st = MAAS_ERR_CANCELLED;
@@ -141,7 +62,7 @@ static void freed_while_running(struct outcome *o)
 }
 
 /* Drive until the stream ends, is freed by the job, or ENGINE_STUCK_MS passes. */
-static void drive_multi(maas_multi *m, maas_stream **s, struct loop *l, struct outcome *o,
+static void drive_multi(maas_multi *m, maas_stream **s, struct engine_loop *l, struct outcome *o,
                         const struct engine_job *job, long start)
 {
     size_t running = 1;
@@ -160,7 +81,7 @@ static void drive_multi(maas_multi *m, maas_stream **s, struct loop *l, struct o
             assert_int_equal(
                 maas_multi_poll(m, (int)(t < 0 ? ENGINE_STUCK_MS : t), &running), MAAS_OK);
         } else {
-            loop_once(m, l, &running);
+            engine_loop_turn(m, l, ENGINE_STUCK_MS, &running);
         }
     }
 }
@@ -200,12 +121,12 @@ static void run_multi(enum engine e, maas_client *c, const maas_request *r,
 {
     maas_multi *m = NULL;
     maas_stream *s = NULL;
-    struct loop l;
-    memset(&l, 0, sizeof l);
-    l.timer_ms = -1;
+    struct engine_loop l;
+    engine_loop_init(&l);
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
     if (e == EVENT)
-        assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, &l), MAAS_OK);
+        assert_int_equal(
+            maas_multi_set_callbacks(m, engine_loop_socket, engine_loop_timer, &l), MAAS_OK);
     o->st = maas_multi_add(&s, m, r, count_token, take_details, on_done, o);
     if (o->st != MAAS_OK) {
         take_error(o, maas_last_error());
@@ -225,6 +146,7 @@ static void run_multi(enum engine e, maas_client *c, const maas_request *r,
     maas_multi_free(m);
     if (e == EVENT)
         assert_int_equal(l.nfds, 0); /* every socket handed back */
+    engine_loop_free(&l);
 }
 
 void engine_run(enum engine e, maas_client *c, const maas_request *r, const struct engine_job *job,

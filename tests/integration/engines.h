@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <maas/maas.h>
+#include "loop.h"
 
 enum engine { BLOCKING, PULL, POLL, EVENT, ENGINES };
 extern const char *const engine_name[ENGINES];
@@ -66,8 +67,5 @@ struct engine_job {
 /* One generation of `r` on `c` through engine `e`. `job` may be NULL. */
 void engine_run(enum engine e, maas_client *c, const maas_request *r, const struct engine_job *job,
                 struct outcome *o);
-
-/* Milliseconds on the monotonic clock. */
-long engine_now_ms(void);
 
 #endif

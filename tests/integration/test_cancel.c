@@ -33,6 +33,7 @@
 
 #include <cmocka.h>
 
+#include "loop.h"
 #include "harness.h"
 
 static emu E;
@@ -255,42 +256,6 @@ static void test_multi_poll_cancel_is_prompt(void **state)
     finish(c);
 }
 
-/* A minimal poll(2) loop on the socket and timer callbacks. */
-struct loop {
-    struct pollfd fds[16];
-    int nfds;
-    long timer_at; /* absolute, ms; -1: none */
-};
-
-static int loop_socket(int fd, int what, void *payload, void *socket_payload)
-{
-    struct loop *l = payload;
-    int i;
-    (void)socket_payload;
-    for (i = 0; i < l->nfds && l->fds[i].fd != fd; i++)
-        ;
-    if (what == MAAS_POLL_REMOVE) {
-        if (i < l->nfds)
-            l->fds[i] = l->fds[--l->nfds];
-        return 0;
-    }
-    if (i == l->nfds) {
-        if (l->nfds == 16)
-            return -1;
-        l->nfds++;
-    }
-    l->fds[i].fd = fd;
-    l->fds[i].events = (short)(((what & MAAS_POLL_IN) ? POLLIN : 0) |
-                               ((what & MAAS_POLL_OUT) ? POLLOUT : 0));
-    return 0;
-}
-
-static int loop_timer(long timeout_ms, void *payload)
-{
-    struct loop *l = payload;
-    l->timer_at = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
-    return 0;
-}
 
 static void test_event_loop_cancel_is_prompt(void **state)
 {
@@ -298,17 +263,17 @@ static void test_event_loop_cancel_is_prompt(void **state)
     maas_multi *m = NULL;
     maas_stream *s;
     struct one o = { 0, MAAS_OK, 0 };
-    struct loop l;
+    struct engine_loop l;
     struct canceller k;
     pthread_t th;
     size_t running = 1;
     long end, back = 0;
     int started = 0;
     (void)state;
-    memset(&l, 0, sizeof l);
-    l.timer_at = -1;
+    engine_loop_init(&l);
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
-    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, &l), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, engine_loop_socket, engine_loop_timer, &l),
+                     MAAS_OK);
     s = add(m, &o);
     end = now_ms() + 20000;
     while (!o.done && now_ms() < end) {
@@ -316,7 +281,8 @@ static void test_event_loop_cancel_is_prompt(void **state)
          * stalls, the loop waits on its sockets alone: libcurl's own timer
          * would wake it every 200 ms or so and hide a missing wake-up, and
          * only the wake-up pipe can end that sleep early. */
-        long wait = l.timer_at < 0 || o.tokens > 0 ? 10000 : l.timer_at - now_ms();
+        long left = engine_loop_timer_left(&l);
+        long wait = left < 0 || o.tokens > 0 ? 10000 : left;
         struct pollfd fired[16];
         int n, i, nf = 0;
         if (wait > 10000)
@@ -327,6 +293,7 @@ static void test_event_loop_cancel_is_prompt(void **state)
             start_canceller(&th, &k, s);
             started = 1;
         }
+        assert_true(l.nfds <= 16);
         n = poll(l.fds, (nfds_t)l.nfds, (int)wait);
         assert_true(n >= 0);
         for (i = 0; i < l.nfds && nf < n; i++)
@@ -340,8 +307,8 @@ static void test_event_loop_cancel_is_prompt(void **state)
                 ev |= MAAS_POLL_OUT;
             assert_int_equal(maas_multi_socket_action(m, fired[i].fd, ev, &running), MAAS_OK);
         }
-        if (l.timer_at >= 0 && now_ms() >= l.timer_at && !o.tokens) {
-            l.timer_at = -1;
+        if (engine_loop_timer_left(&l) == 0 && !o.tokens) {
+            l.timer_ms = -1;
             assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running),
                              MAAS_OK);
         }
@@ -354,6 +321,7 @@ static void test_event_loop_cancel_is_prompt(void **state)
     assert_prompt(&k, back);
     maas_stream_free(s);
     maas_multi_free(m);
+    engine_loop_free(&l);
     finish(c);
 }
 

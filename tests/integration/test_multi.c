@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "loop.h"
 #include "harness.h"
 
 static emu E;
@@ -439,102 +440,15 @@ static void test_misuse(void **state)
     finish(c);
 }
 
-/* ---- an application's event loop: poll(2) with the socket and timer callbacks ---- */
+/* ---- an application's event loop (engines.c) ---- */
 
-struct loop {
-    struct pollfd fds[4096];
-    int nfds;
-    long timer_ms; /* -1: none */
-    struct timespec timer_set;
-    int socket_calls, timer_calls;
-};
-
-static int loop_socket(int fd, int what, void *payload, void *socket_payload)
-{
-    struct loop *l = payload;
-    int i;
-    (void)socket_payload;
-    l->socket_calls++;
-    for (i = 0; i < l->nfds && l->fds[i].fd != fd; i++)
-        ;
-    if (what == MAAS_POLL_REMOVE) {
-        if (i < l->nfds)
-            l->fds[i] = l->fds[--l->nfds];
-        return 0;
-    }
-    if (i == l->nfds) {
-        if (l->nfds == (int)(sizeof l->fds / sizeof l->fds[0]))
-            return -1;
-        l->nfds++;
-    }
-    l->fds[i].fd = fd;
-    l->fds[i].events = (short)(((what & MAAS_POLL_IN) ? POLLIN : 0) |
-                               ((what & MAAS_POLL_OUT) ? POLLOUT : 0));
-    return 0;
-}
-
-static int loop_timer(long timeout_ms, void *payload)
-{
-    struct loop *l = payload;
-    l->timer_calls++;
-    l->timer_ms = timeout_ms;
-    clock_gettime(CLOCK_MONOTONIC, &l->timer_set);
-    return 0;
-}
-
-static long timer_left(const struct loop *l)
-{
-    struct timespec now;
-    long elapsed;
-    if (l->timer_ms < 0)
-        return -1;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    elapsed = (now.tv_sec - l->timer_set.tv_sec) * 1000 +
-              (now.tv_nsec - l->timer_set.tv_nsec) / 1000000;
-    return l->timer_ms > elapsed ? l->timer_ms - elapsed : 0;
-}
-
-/* One turn of the loop: wait for a socket or the timer, hand back what fired. */
-static void loop_turn(maas_multi *m, struct loop *l, size_t *running)
-{
-    long wait = timer_left(l);
-    int n, i;
-    n = poll(l->fds, (nfds_t)l->nfds, (int)(wait < 0 ? 1000 : wait));
-    assert_true(n >= 0);
-    if (n == 0) {
-        l->timer_ms = -1;
-        assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, running), MAAS_OK);
-        return;
-    }
-    {
-        /* Copy what fired first: the socket callback edits l->fds while we act. */
-        struct pollfd fired[4096];
-        int k = 0;
-        for (i = 0; i < l->nfds; i++)
-            if (l->fds[i].revents)
-                fired[k++] = l->fds[i];
-        for (i = 0; i < k; i++) {
-            int ev = 0;
-            if (fired[i].revents & (POLLIN | POLLHUP | POLLERR))
-                ev |= MAAS_POLL_IN;
-            if (fired[i].revents & POLLOUT)
-                ev |= MAAS_POLL_OUT;
-            assert_int_equal(maas_multi_socket_action(m, fired[i].fd, ev, running), MAAS_OK);
-        }
-    }
-    if (timer_left(l) == 0) {
-        l->timer_ms = -1;
-        assert_int_equal(maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, running), MAAS_OK);
-    }
-}
-
-static void run_loop(maas_multi *m, struct loop *l)
+static void run_loop(maas_multi *m, struct engine_loop *l)
 {
     size_t running = 1;
     int rounds = 0;
     while (running > 0) {
         assert_true(++rounds < 1000000);
-        loop_turn(m, l, &running);
+        engine_loop_turn(m, l, 1000, &running);
     }
 }
 
@@ -545,7 +459,7 @@ static void test_event_loop(void **state)
      * thread under valgrind on a loaded machine never to trip theirs. */
     maas_client *c = client_with(3000, 0, 2);
     maas_multi *m = NULL;
-    struct loop *l = calloc(1, sizeof *l);
+    struct engine_loop *l = calloc(1, sizeof *l);
     struct one *o = calloc(N + 1, sizeof *o);
     maas_stream *s[N + 1];
     char prompt[64];
@@ -553,9 +467,9 @@ static void test_event_loop(void **state)
     (void)state;
     assert_non_null(l);
     assert_non_null(o);
-    l->timer_ms = -1;
+    engine_loop_init(l);
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
-    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, engine_loop_socket, engine_loop_timer, l), MAAS_OK);
     /* perform/poll belong to the other mode. */
     assert_int_equal(maas_multi_perform(m, NULL), MAAS_ERR_INVALID_ARGUMENT);
     for (i = 0; i < N; i++) {
@@ -577,6 +491,7 @@ static void test_event_loop(void **state)
     maas_multi_free(m);
     assert_int_equal(l->nfds, 0); /* every socket was handed back */
     free(o);
+    engine_loop_free(l);
     free(l);
     finish(c);
 }
@@ -596,19 +511,19 @@ static void test_event_loop_cross_thread_cancel(void **state)
 {
     maas_client *c = client_with(0, 0, 0); /* idle clock 60 s: only the cancel can end it soon */
     maas_multi *m = NULL;
-    struct loop *l = calloc(1, sizeof *l);
+    struct engine_loop *l = calloc(1, sizeof *l);
     struct one o;
     struct loop_cancel k;
     pthread_t t;
     (void)state;
     assert_non_null(l);
     memset(&o, 0, sizeof o);
-    l->timer_ms = -1;
+    engine_loop_init(l);
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
-    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, engine_loop_socket, engine_loop_timer, l), MAAS_OK);
     /* The multi's wake-up pipe is the first socket the loop watches. */
     assert_int_equal(l->nfds, 1);
-    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l),
+    assert_int_equal(maas_multi_set_callbacks(m, engine_loop_socket, engine_loop_timer, l),
                      MAAS_ERR_INVALID_ARGUMENT);
     k.s = add(m, "Tell me [[fault:stall-after=1]]", 10, &o);
     assert_int_equal(pthread_create(&t, NULL, cancel_later, &k), 0);
@@ -620,6 +535,7 @@ static void test_event_loop_cross_thread_cancel(void **state)
     maas_stream_free(k.s);
     maas_multi_free(m);
     assert_int_equal(l->nfds, 0);
+    engine_loop_free(l);
     free(l);
     finish(c);
 }
@@ -826,7 +742,7 @@ static void test_timer_told_again_after_early_call(void **state)
 {
     maas_client *c = client_with(500, 0, 0);
     maas_multi *m = NULL;
-    struct loop *l = calloc(1, sizeof *l);
+    struct engine_loop *l = calloc(1, sizeof *l);
     struct one o;
     maas_stream *s;
     size_t running = 1;
@@ -834,14 +750,14 @@ static void test_timer_told_again_after_early_call(void **state)
     (void)state;
     assert_non_null(l);
     memset(&o, 0, sizeof o);
-    l->timer_ms = -1;
+    engine_loop_init(l);
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
-    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, engine_loop_socket, engine_loop_timer, l), MAAS_OK);
     s = add(m, "Tell me [[fault:stall-after=1]]", 10, &o);
     /* Drive until the stream stalls after its first token, its idle clock in the timer. */
-    while (!(o.tokens >= 1 && timer_left(l) > 100) && running > 0 && ++rounds < 100000)
-        loop_turn(m, l, &running);
-    assert_true(o.tokens >= 1 && timer_left(l) > 100);
+    while (!(o.tokens >= 1 && engine_loop_timer_left(l) > 100) && running > 0 && ++rounds < 100000)
+        engine_loop_turn(m, l, 1000, &running);
+    assert_true(o.tokens >= 1 && engine_loop_timer_left(l) > 100);
     /* The loop takes the timer as fired before its time: the call is
      * harmless, and the multi tells the same timer again. */
     told = l->timer_calls;
@@ -855,6 +771,7 @@ static void test_timer_told_again_after_early_call(void **state)
     assert_int_equal(o.status, MAAS_ERR_IDLE_TIMEOUT);
     maas_stream_free(s);
     maas_multi_free(m);
+    engine_loop_free(l);
     free(l);
     finish(c);
 }
@@ -876,7 +793,7 @@ static void test_wakeup_from_another_thread(void **state)
 {
     maas_client *c = client_with(0, 0, 0);
     maas_multi *m = NULL;
-    struct loop *l = calloc(1, sizeof *l);
+    struct engine_loop *l = calloc(1, sizeof *l);
     pthread_t t;
     int64_t t0;
     size_t running = 0;
@@ -895,9 +812,9 @@ static void test_wakeup_from_another_thread(void **state)
     maas_multi_free(m);
     /* Event-loop mode: the loop, blocked on the wake-up pipe alone, sees it
      * readable; the multi empties it. */
-    l->timer_ms = -1;
+    engine_loop_init(l);
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
-    assert_int_equal(maas_multi_set_callbacks(m, loop_socket, loop_timer, l), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(m, engine_loop_socket, engine_loop_timer, l), MAAS_OK);
     assert_int_equal(l->nfds, 1);
     assert_int_equal(pthread_create(&t, NULL, wake_multi, m), 0);
     n = poll(l->fds, 1, 10000);
@@ -908,13 +825,14 @@ static void test_wakeup_from_another_thread(void **state)
     assert_int_equal(poll(l->fds, 1, 0), 0);
     maas_multi_free(m);
     assert_int_equal(l->nfds, 0);
+    engine_loop_free(l);
     free(l);
     finish(c);
 }
 
 /* maas_multi_assign: the pointer comes back with the socket's later calls. */
 struct assigning {
-    struct loop l; /* first: loop_socket and loop_timer take it */
+    struct engine_loop l; /* first: the loop's callbacks take it */
     maas_multi *m;
     int pipe_fd, stream_fd;
     int pipe_tag, stream_tag;
@@ -936,7 +854,7 @@ static int assigning_socket(int fd, int what, void *payload, void *socket_payloa
     } else if (fd == a->stream_fd && socket_payload == &a->stream_tag) {
         a->stream_tagged_calls++;
     }
-    return loop_socket(fd, what, &a->l, socket_payload);
+    return engine_loop_socket(fd, what, &a->l, socket_payload);
 }
 
 static void test_assign_hands_back_the_pointer(void **state)
@@ -948,10 +866,10 @@ static void test_assign_hands_back_the_pointer(void **state)
     (void)state;
     assert_non_null(a);
     memset(&o, 0, sizeof o);
-    a->l.timer_ms = -1;
+    engine_loop_init(&a->l);
     a->pipe_fd = a->stream_fd = -1;
     assert_int_equal(maas_multi_new(&a->m, c), MAAS_OK);
-    assert_int_equal(maas_multi_set_callbacks(a->m, assigning_socket, loop_timer, a), MAAS_OK);
+    assert_int_equal(maas_multi_set_callbacks(a->m, assigning_socket, engine_loop_timer, a), MAAS_OK);
     assert_true(a->pipe_fd >= 0);
     assert_int_equal(maas_multi_assign(a->m, a->pipe_fd, &a->pipe_tag), MAAS_OK);
     s = add(a->m, "Tell me a joke", 5, &o);
@@ -963,6 +881,7 @@ static void test_assign_hands_back_the_pointer(void **state)
     assert_true(a->stream_fd >= 0);
     assert_true(a->stream_tagged_calls >= 1);
     assert_ptr_equal(a->pipe_removed_with, &a->pipe_tag);
+    engine_loop_free(&a->l);
     free(a);
     finish(c);
 }

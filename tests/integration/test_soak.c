@@ -31,6 +31,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "loop.h"
 #include "harness.h"
 
 #define THREADS 8
@@ -284,53 +285,11 @@ static void *canceller(void *arg)
 
 /* ---- the multi, in event-loop mode ------------------------------------------- */
 
+/* The application's poll(2) loop (engines.c) and the streams it runs. */
 struct loop {
-    struct pollfd fds[256];
-    int nfds;
-    long timer_ms;
-    int64_t timer_set;
+    struct engine_loop el;
     int running; /* streams added and not done */
 };
-
-static int loop_socket(int fd, int what, void *payload, void *socket_payload)
-{
-    struct loop *l = payload;
-    int i;
-    (void)socket_payload;
-    for (i = 0; i < l->nfds && l->fds[i].fd != fd; i++)
-        ;
-    if (what == MAAS_POLL_REMOVE) {
-        if (i < l->nfds)
-            l->fds[i] = l->fds[--l->nfds];
-        return 0;
-    }
-    if (i == l->nfds) {
-        if (l->nfds == (int)(sizeof l->fds / sizeof l->fds[0]))
-            return -1;
-        l->nfds++;
-    }
-    l->fds[i].fd = fd;
-    l->fds[i].events = (short)(((what & MAAS_POLL_IN) ? POLLIN : 0) |
-                               ((what & MAAS_POLL_OUT) ? POLLOUT : 0));
-    return 0;
-}
-
-static int loop_timer(long timeout_ms, void *payload)
-{
-    struct loop *l = payload;
-    l->timer_ms = timeout_ms;
-    l->timer_set = now_ms();
-    return 0;
-}
-
-static long timer_left(const struct loop *l)
-{
-    int64_t elapsed;
-    if (l->timer_ms < 0)
-        return -1;
-    elapsed = now_ms() - l->timer_set;
-    return l->timer_ms > elapsed ? (long)(l->timer_ms - elapsed) : 0;
-}
 
 struct mrec {
     struct rec r;
@@ -356,14 +315,15 @@ static void *multi_thread(void *arg)
     char prompt[64];
     size_t running = 0;
     (void)arg;
+    if (l)
+        engine_loop_init(&l->el);
     if (!l || maas_multi_new(&m, C) != MAAS_OK ||
-        maas_multi_set_callbacks(m, loop_socket, loop_timer, l) != MAAS_OK) {
+        maas_multi_set_callbacks(m, engine_loop_socket, engine_loop_timer, &l->el) != MAAS_OK) {
         fail("could not set up the multi");
         free(l);
         maas_multi_free(m);
         return NULL;
     }
-    l->timer_ms = -1;
     for (;;) {
         long wait;
         int n, i, k = 0;
@@ -393,15 +353,19 @@ static void *multi_thread(void *arg)
         if (l->running == 0 && now_ms() >= END_AT)
             break;
         /* A bounded wait, so that new streams start as others end. */
-        wait = timer_left(l);
-        n = poll(l->fds, (nfds_t)l->nfds, (int)(wait < 0 || wait > 200 ? 200 : wait));
+        wait = engine_loop_timer_left(&l->el);
+        if (l->el.nfds > 256) {
+            fail("more than 256 sockets");
+            break;
+        }
+        n = poll(l->el.fds, (nfds_t)l->el.nfds, (int)(wait < 0 || wait > 200 ? 200 : wait));
         if (n < 0 && errno != EINTR) {
             fail("poll: %s", strerror(errno));
             break;
         }
-        for (i = 0; n > 0 && i < l->nfds; i++)
-            if (l->fds[i].revents)
-                fired[k++] = l->fds[i];
+        for (i = 0; n > 0 && i < l->el.nfds; i++)
+            if (l->el.fds[i].revents)
+                fired[k++] = l->el.fds[i];
         for (i = 0; i < k; i++) {
             int ev = 0;
             if (fired[i].revents & (POLLIN | POLLHUP | POLLERR))
@@ -411,15 +375,16 @@ static void *multi_thread(void *arg)
             if (maas_multi_socket_action(m, fired[i].fd, ev, &running) != MAAS_OK)
                 fail("maas_multi_socket_action: %s", maas_last_error()->message);
         }
-        if (timer_left(l) == 0) {
-            l->timer_ms = -1;
+        if (engine_loop_timer_left(&l->el) == 0) {
+            l->el.timer_ms = -1;
             if (maas_multi_socket_action(m, MAAS_SOCKET_TIMEOUT, 0, &running) != MAAS_OK)
                 fail("maas_multi_socket_action: %s", maas_last_error()->message);
         }
     }
     maas_multi_free(m);
-    if (l->nfds != 0)
-        fail("%d sockets not handed back by maas_multi_free", l->nfds);
+    if (l->el.nfds != 0)
+        fail("%d sockets not handed back by maas_multi_free", l->el.nfds);
+    engine_loop_free(&l->el);
     free(l);
     return NULL;
 }
