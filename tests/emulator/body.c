@@ -414,7 +414,18 @@ static enum produced produce(struct request *rq, size_t target)
             rq->end = "complete";
             return P_DATA;
         default:
-            return rq->out.len ? P_DATA : P_END;
+            if (rq->out.len)
+                return P_DATA;
+            /* end-delay=MS: the final message is out, the end of the response
+             * is not, as when a server flushes its last line before closing. */
+            if (rq->f.end_delay_ms >= 0 && !rq->end_delayed && rq->end &&
+                strcmp(rq->end, "complete") == 0) {
+                rq->end_delayed = true;
+                if (!sched_wait(&rq->w, rq->f.end_delay_ms, rq->f.end_delay_ms >= EMU_WATCH_MIN_MS))
+                    return P_DROP;
+                return P_WAIT;
+            }
+            return P_END;
         }
     }
 }

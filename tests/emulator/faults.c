@@ -15,7 +15,7 @@ void faults_init(struct faults *f)
 {
     memset(f, 0, sizeof *f);
     f->error_after = f->drop_after = f->truncate_after = f->malformed_after = -1;
-    f->stall_after = f->drip_ms = f->delay_ms = f->first_byte_delay_ms = f->tokens = -1;
+    f->stall_after = f->drip_ms = f->delay_ms = f->first_byte_delay_ms = f->end_delay_ms = f->tokens = -1;
     f->long_line = f->deep_nesting = -1;
     f->keepalive_blank_ms = -1;
 }
@@ -145,6 +145,7 @@ static const struct fdef defs[] = {
     {"drip", F_MS, OFF(drip_ms)},
     {"delay", F_MS, OFF(delay_ms)},
     {"first-byte-delay", F_MS, OFF(first_byte_delay_ms)},
+    {"end-delay", F_MS, OFF(end_delay_ms)},
     {"tokens", F_TOKENS, OFF(tokens)},
     {"status", F_STATUS, OFF(status)},
     {"retry-after", F_TEXT, OFF(retry_after)},

@@ -194,7 +194,9 @@ static void test_sequential_streams_reuse_connections(void **state)
     assert_int_equal(maas_client_authenticate(c), MAAS_OK);
     for (i = 0; i < 3; i++) {
         o[i].free_in_done = 1; /* freeing a stream in its own on_done is allowed */
-        add(m, "Tell me a joke", 5, &o[i]);
+        /* The end of each response comes 200 ms after its final message: the
+         * multi must wait for it, or the connection is lost with the transfer. */
+        add(m, "Tell me a joke [[fault:end-delay=200]]", 5, &o[i]);
         run_poll(m);
         assert_int_equal(o[i].status, MAAS_OK);
     }
