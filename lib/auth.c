@@ -208,6 +208,34 @@ void maas_auth_wake(maas_client *c)
     pthread_cond_broadcast(&c->auth.cond);
 }
 
+maas_status maas_auth_try(maas_client *c, maas_auth_ticket *out, int *refresh,
+                          maas_error_rec *err)
+{
+    maas_auth *a = &c->auth;
+    maas_status st = MAAS_PENDING;
+    int64_t now;
+
+    out->header = NULL;
+    out->generation = 0;
+    *refresh = 0;
+    pthread_mutex_lock(&a->lock);
+    now = a->now(a->now_payload);
+    if (a->header && (a->is_static || now < a->refresh_at)) {
+        st = copy_ticket(a, out, err);
+    } else if (a->header && now < a->expires_at) {
+        /* Inside the refresh window: the old token is still good. A refresh is
+         * wanted unless one runs, failed a moment ago or the rate limit holds
+         * it back (the conditions under which acquire would not fetch). */
+        *refresh = !a->fetching && now >= a->retry_at &&
+                   maas_now_ms() >= a->last_request_at + MAAS_TOKEN_REQUEST_INTERVAL_MS;
+        st = copy_ticket(a, out, err);
+    } else if (!a->is_static && (!c->client_id || !c->client_secret)) {
+        st = maas_error_set(err, MAAS_ERR_CONFIG, "no credentials to fetch a token with");
+    }
+    pthread_mutex_unlock(&a->lock);
+    return st;
+}
+
 maas_status maas_auth_acquire(maas_client *c, maas_auth_ticket *out, maas_error_rec *err)
 {
     return maas_auth_acquire_for(c, out, NULL, 0, err);

@@ -53,6 +53,15 @@ maas_status maas_auth_acquire(struct maas_client *c, maas_auth_ticket *out, maas
  */
 maas_status maas_auth_acquire_for(struct maas_client *c, maas_auth_ticket *out,
                                   atomic_int *cancel, int64_t deadline_at, maas_error_rec *err);
+/*
+ * Never a wait, never the network (a maas_multi's streams): MAAS_OK with a
+ * ticket when the cache holds a token that may be used now; MAAS_PENDING when
+ * only a fetch can give one; MAAS_ERR_CONFIG when there is none and no
+ * credentials to fetch one with. *refresh is set when the token served is due
+ * for a refresh that no one has started: the caller has one fetched aside.
+ */
+maas_status maas_auth_try(struct maas_client *c, maas_auth_ticket *out, int *refresh,
+                          maas_error_rec *err);
 /* Wake every thread waiting in the token cache (a cancellation). Takes no lock. */
 void maas_auth_wake(struct maas_client *c);
 /*

@@ -115,7 +115,8 @@ maas_status maas_call(maas_client *c, const maas_fetch *f, int with_auth, maas_r
 
         one.headers = f->headers;
         if (with_auth) {
-            st = maas_auth_acquire(c, &ticket, err);
+            /* A fetch done aside for a maas_multi is cancellable: so is its token. */
+            st = maas_auth_acquire_for(c, &ticket, f->cancel, one.deadline_at, err);
             if (st != MAAS_OK)
                 return st;
             /* The token goes first, in a node of its own that is wiped after use. */

@@ -39,4 +39,10 @@ maas_status maas_error_publish(const maas_error_rec *e);
 /* Shorthand: record a failure with only a message as this thread's last error. */
 maas_status maas_fail(maas_status st, const char *fmt, ...) MAAS_PRINTF(2, 3);
 
+/* Not yet, and no wait was made: a stream advanced without blocking has
+ * nothing to hand out until more bytes, the end of the transfer, a clock or a
+ * fetch done aside; the token cache has no token without a fetch. Internal:
+ * never returned to callers of the public API. */
+#define MAAS_PENDING ((maas_status)1000)
+
 #endif

@@ -132,7 +132,8 @@ maas_status maas_models_parse(maas_model_list **out, const char *body, size_t le
     return MAAS_OK;
 }
 
-maas_status maas_models_fetch(maas_model_list **out, maas_client *c, maas_error_rec *err)
+maas_status maas_models_fetch(maas_model_list **out, maas_client *c, atomic_int *cancel,
+                              maas_error_rec *err)
 {
     maas_fetch f;
     maas_response r;
@@ -154,6 +155,7 @@ maas_status maas_models_fetch(maas_model_list **out, maas_client *c, maas_error_
     f.headers = h;
     f.max_body = MODELS_BODY_MAX;
     f.endpoint = MAAS_EP_MODELS;
+    f.cancel = cancel;
     st = maas_call(c, &f, 1, &r, err);
     if (st == MAAS_OK) {
         st = maas_models_parse(out, r.body, r.len, err);
@@ -174,22 +176,35 @@ maas_status maas_models_list(maas_model_list **out, maas_client *client)
     if (!client)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "client is NULL");
     maas_error_clear(&err);
-    st = maas_models_fetch(out, client, &err);
+    st = maas_models_fetch(out, client, NULL, &err);
     if (st != MAAS_OK)
         return maas_error_publish(&err);
     return MAAS_OK;
 }
 
-const maas_model_list *maas_models_catalogue(maas_client *c, maas_error_rec *err)
+const maas_model_list *maas_models_catalogue(maas_client *c, atomic_int *cancel,
+                                             maas_error_rec *err)
 {
     maas_model_list *list = NULL;
     maas_status st;
     pthread_mutex_lock(&c->catalogue_lock);
     if (!c->catalogue) {
-        st = maas_models_fetch(&list, c, err);
+        st = maas_models_fetch(&list, c, cancel, err);
         if (st == MAAS_OK)
             c->catalogue = list;
     }
+    list = c->catalogue;
+    pthread_mutex_unlock(&c->catalogue_lock);
+    return list;
+}
+
+const maas_model_list *maas_models_cached(maas_client *c)
+{
+    const maas_model_list *list;
+    /* Never behind another thread's fetch: it holds the lock for as long as
+     * the network takes, and this caller must not wait. */
+    if (pthread_mutex_trylock(&c->catalogue_lock) != 0)
+        return NULL;
     list = c->catalogue;
     pthread_mutex_unlock(&c->catalogue_lock);
     return list;

@@ -2,6 +2,8 @@
 #ifndef MAAS_LIB_MODELS_H
 #define MAAS_LIB_MODELS_H
 
+#include <stdatomic.h>
+
 #include "error.h"
 
 struct maas_client;
@@ -21,11 +23,16 @@ struct maas_model_list {
 maas_status maas_models_parse(maas_model_list **out, const char *body, size_t len,
                               maas_error_rec *err);
 
-/* GET /models with retries and token replay; the error stays in err. */
-maas_status maas_models_fetch(maas_model_list **out, struct maas_client *c, maas_error_rec *err);
+/* GET /models with retries and token replay; the error stays in err. Ends
+ * with MAAS_ERR_CANCELLED once *cancel (may be NULL) is set. */
+maas_status maas_models_fetch(maas_model_list **out, struct maas_client *c, atomic_int *cancel,
+                              maas_error_rec *err);
 
 /* The client's catalogue (fetched on first use, kept for the client's life);
- * NULL with err set on failure. Any thread. */
-const maas_model_list *maas_models_catalogue(struct maas_client *c, maas_error_rec *err);
+ * NULL with err set on failure. Any thread; cancel as above. */
+const maas_model_list *maas_models_catalogue(struct maas_client *c, atomic_int *cancel,
+                                             maas_error_rec *err);
+/* The catalogue if it has been fetched, else NULL: never a wait on the network. */
+const maas_model_list *maas_models_cached(struct maas_client *c);
 
 #endif

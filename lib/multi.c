@@ -13,7 +13,21 @@
  * entry that comes due early is simply put back with the stream's real
  * deadline. So a token costs no heap work; a stream costs one heap operation
  * per idle period.
+ *
+ * No maas_multi_* call waits on the network. A stream that needs the model
+ * catalogue or a token that the client does not hold yet waits in the multi
+ * (S_WAIT_CATALOGUE, S_WAIT_TOKEN) while the multi's fetcher, one thread of
+ * its own started on first need, fetches it through the client's blocking
+ * calls; the result is handed to every stream waiting for it at once (one
+ * fetch serves them all, its failure ends each of them) on the multi's own
+ * thread, after a maas_multi_wakeup(). Why a thread rather than one more
+ * transfer in the multi: the token cache is shared with the client's blocking
+ * calls on other threads, and its rules (one fetch at a time, waiters served
+ * by it, a rate limit, a back-off after a failed refresh, the 401 drop) live
+ * in one place, in their blocking form; libcurl resolves names on a thread
+ * of its own for the same reason.
  */
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -26,7 +40,24 @@
 #include "clock.h"
 #include "http.h"
 #include "log.h"
+#include "models.h"
 #include "stream.h"
+
+/* The multi's fetcher. The multi's thread sets want_*; the fetcher posts
+ * results; both under lock. */
+struct fetcher {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t thread;
+    int started;
+    int stop;
+    int want_catalogue, want_token;
+    atomic_int cancel;            /* the multi is being freed: cut the fetch short */
+    int catalogue_posted, token_posted;
+    maas_status catalogue_st, token_st;
+    maas_error_rec catalogue_err, token_err;
+    maas_auth_ticket token;       /* the posted token (token_st == MAAS_OK) */
+};
 
 struct maas_multi {
     maas_client *c;
@@ -47,6 +78,8 @@ struct maas_multi {
     void *wake_payload;           /* what the application assigned to wake[0] */
     int ever_added;               /* streams were added: the mode is fixed */
     int aborted;                  /* the socket callback refused: libcurl gave the multi up */
+    struct fetcher f;
+    atomic_int posted;            /* the fetcher posted a result not yet handed out */
 };
 
 /* ---- the ready list --------------------------------------------------------- */
@@ -225,6 +258,137 @@ static int curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void
 #error "MAAS_POLL_* must equal CURL_POLL_*"
 #endif
 
+/* ---- the fetcher ---------------------------------------------------------------- */
+
+static void *fetcher_main(void *payload)
+{
+    maas_multi *m = payload;
+    struct fetcher *f = &m->f;
+
+    pthread_mutex_lock(&f->lock);
+    for (;;) {
+        int catalogue, token;
+        maas_status cst = MAAS_OK, tst = MAAS_OK;
+        maas_error_rec cerr, terr;
+        maas_auth_ticket t = { NULL, 0 };
+
+        while (!f->stop && !f->want_catalogue && !f->want_token)
+            pthread_cond_wait(&f->cond, &f->lock);
+        if (f->stop)
+            break;
+        catalogue = f->want_catalogue;
+        token = f->want_token;
+        f->want_catalogue = f->want_token = 0;
+        pthread_mutex_unlock(&f->lock);
+
+        maas_error_clear(&cerr);
+        maas_error_clear(&terr);
+        if (catalogue && !maas_models_catalogue(m->c, &f->cancel, &cerr))
+            cst = cerr.pub.status;
+        /* No deadline of its own: each waiting stream keeps its own clock,
+         * and the client's token_timeout_ms bounds the fetch. */
+        if (token)
+            tst = maas_auth_acquire_for(m->c, &t, &f->cancel, 0, &terr);
+
+        pthread_mutex_lock(&f->lock);
+        if (catalogue) {
+            f->catalogue_posted = 1;
+            f->catalogue_st = cst;
+            maas_error_copy(&f->catalogue_err, &cerr);
+        }
+        if (token) {
+            maas_auth_release(&f->token);
+            f->token = t;
+            f->token_posted = 1;
+            f->token_st = tst;
+            maas_error_copy(&f->token_err, &terr);
+        }
+        atomic_store(&m->posted, 1);
+        maas_multi_wakeup(m);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return NULL;
+}
+
+static maas_status maas_multi_need(maas_stream *s, maas_need what)
+{
+    maas_multi *m = s->sched_data;
+    struct fetcher *f = &m->f;
+    maas_status st = MAAS_OK;
+
+    pthread_mutex_lock(&f->lock);
+    if (what == MAAS_NEED_CATALOGUE)
+        f->want_catalogue = 1;
+    else
+        f->want_token = 1;
+    if (!f->started) {
+        int rc = pthread_create(&f->thread, NULL, fetcher_main, m);
+        if (rc == 0)
+            f->started = 1;
+        else
+            st = rc == EAGAIN || rc == ENOMEM ? MAAS_ERR_NO_MEMORY : MAAS_ERR_INTERNAL;
+    }
+    pthread_cond_signal(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+    return st;
+}
+
+/* Hand what the fetcher brought to every stream waiting for it. */
+static void hand_out(maas_multi *m)
+{
+    struct fetcher *f = &m->f;
+    int catalogue, token;
+    maas_status cst, tst;
+    maas_error_rec cerr, terr;
+    maas_auth_ticket t = { NULL, 0 };
+    maas_stream *s;
+
+    pthread_mutex_lock(&f->lock);
+    catalogue = f->catalogue_posted;
+    token = f->token_posted;
+    cst = f->catalogue_st;
+    tst = f->token_st;
+    maas_error_copy(&cerr, &f->catalogue_err);
+    maas_error_copy(&terr, &f->token_err);
+    t = f->token;
+    f->token.header = NULL;
+    f->catalogue_posted = f->token_posted = 0;
+    pthread_mutex_unlock(&f->lock);
+
+    for (s = m->streams; s; s = s->next) {
+        if (s->finished)
+            continue;
+        if (catalogue && s->state == S_WAIT_CATALOGUE) {
+            maas_stream_catalogue_ready(s, cst, &cerr);
+            maas_multi_mark_ready(s);
+        }
+        if (token && s->state == S_WAIT_TOKEN) {
+            maas_stream_token_ready(s, tst, &t, &terr);
+            maas_multi_mark_ready(s);
+        }
+    }
+    maas_auth_release(&t);
+}
+
+static void fetcher_stop(maas_multi *m)
+{
+    struct fetcher *f = &m->f;
+    pthread_mutex_lock(&f->lock);
+    f->stop = 1;
+    atomic_store(&f->cancel, 1);
+    pthread_cond_signal(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+    if (f->started) {
+        /* The fetch sees the cancellation within MAAS_CANCEL_POLL_MS, or at
+         * once where it waits in the token cache. */
+        maas_auth_wake(m->c);
+        pthread_join(f->thread, NULL);
+    }
+    maas_auth_release(&f->token);
+    pthread_cond_destroy(&f->cond);
+    pthread_mutex_destroy(&f->lock);
+}
+
 /* ---- advancing streams ---------------------------------------------------------- */
 
 static void finish(maas_multi *m, maas_stream *s, maas_status st)
@@ -295,6 +459,9 @@ static void pump(maas_multi *m)
         int64_t now;
         int worked = 0;
 
+        if (atomic_exchange(&m->posted, 0))
+            hand_out(m);
+
         while ((msg = curl_multi_info_read(m->cm, &left)) != NULL) {
             maas_stream *s = NULL;
             if (msg->msg != CURLMSG_DONE)
@@ -354,12 +521,21 @@ maas_status maas_multi_new(maas_multi **out, maas_client *client)
     m->curl_due = INT64_MAX;
     m->told_due = INT64_MAX;
     atomic_init(&m->cancels, 0);
+    atomic_init(&m->posted, 0);
+    atomic_init(&m->f.cancel, 0);
+    maas_error_clear(&m->f.catalogue_err);
+    maas_error_clear(&m->f.token_err);
+    if (pthread_mutex_init(&m->f.lock, NULL) != 0 || pthread_cond_init(&m->f.cond, NULL) != 0) {
+        free(m);
+        return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a multi");
+    }
     m->cm = curl_multi_init();
     /* Streams to one host share HTTP/2 connections (libcurl's default since
      * 7.62, stated here because the multi's scale rests on it). */
     if (m->cm)
         curl_multi_setopt(m->cm, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
     if (!m->cm) {
+        fetcher_stop(m);
         free(m);
         return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a curl multi handle");
     }
@@ -372,6 +548,8 @@ void maas_multi_free(maas_multi *m)
     maas_stream *s, *next;
     if (!m)
         return;
+    /* First: the fetcher writes to the wake-up pipe and the multi handle. */
+    fetcher_stop(m);
     for (s = m->streams; s; s = next) {
         next = s->next;
         /* Out of the multi for good: its easy handle leaves while the multi lives. */
@@ -434,7 +612,8 @@ static void armed(void *payload)
 }
 
 static const maas_stream_sched multi_sched = {
-    maas_multi_mark_ready, maas_multi_track, maas_multi_note_cancel, maas_multi_forget
+    maas_multi_mark_ready, maas_multi_track, maas_multi_note_cancel, maas_multi_forget,
+    maas_multi_need
 };
 
 maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request *request,
@@ -452,7 +631,7 @@ maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request 
     if (!m || !request)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "%s is NULL", m ? "request" : "multi");
     maas_error_clear(&err);
-    st = maas_stream_create(&s, m->c, request, &err);
+    st = maas_stream_create(&s, m->c, request, 1, &err);
     if (st != MAAS_OK)
         return maas_error_publish(&err);
     s->own.multi = m->cm;

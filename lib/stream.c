@@ -110,29 +110,69 @@ static maas_status check_request(const maas_request *r, maas_error_rec *err)
     return MAAS_OK;
 }
 
-static const maas_model *resolve_model(maas_client *c, const maas_request *r, maas_error_rec *err)
+static const maas_model *find_model(const maas_model_list *cat, const char *name,
+                                    maas_error_rec *err)
 {
-    const maas_model_list *cat;
-    const maas_model *m;
-    if (r->model_info)
-        return r->model_info;
-    cat = maas_models_catalogue(c, err);
-    if (!cat)
-        return NULL;
-    m = maas_model_list_find(cat, r->model);
+    const maas_model *m = maas_model_list_find(cat, name);
     if (!m) {
         maas_error_clear(err); /* the catalogue's own 200 is not this failure's status */
         maas_error_set(err, MAAS_ERR_UNKNOWN_MODEL,
                        "model \"%s\" is not in the catalogue (neither a model nor a product name)",
-                       r->model);
+                       name);
     }
     return m;
+}
+
+static const maas_model *resolve_model(maas_client *c, const maas_request *r, maas_error_rec *err)
+{
+    const maas_model_list *cat;
+    if (r->model_info)
+        return r->model_info;
+    cat = maas_models_catalogue(c, NULL, err);
+    if (!cat)
+        return NULL;
+    return find_model(cat, r->model, err);
 }
 
 /* The service's cap on a request body. */
 #define MAAS_MAX_BODY_BYTES (16u * 1024u * 1024u)
 
-static maas_status build_body(maas_stream *s, const maas_request *r, const maas_model *m,
+/* Wipe the prompt held by a request object before it goes (as the body is). */
+static void wipe_root(json_t *root)
+{
+    json_t *p = json_object_get(json_object_get(root, "request"), "prompt");
+    if (json_is_string(p))
+        maas_wipe((char *)json_string_value(p), json_string_length(p));
+    json_decref(root);
+}
+
+/* The body's model fields, then the body itself; takes root. */
+static maas_status finish_body(maas_stream *s, json_t *root, const maas_model *m,
+                               maas_error_rec *err)
+{
+    maas_status st = MAAS_OK;
+    if (json_object_set_new(root, "model", json_string(m->model_name)) ||
+        json_object_set_new(root, "productName", json_string(m->product_name)) ||
+        json_object_set_new(root, "productId", json_string(m->product_id))) {
+        wipe_root(root);
+        return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory building the request");
+    }
+    /* 15 significant digits print 0.9 as 0.9, as the guide's Python does. */
+    s->body = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    wipe_root(root);
+    if (!s->body)
+        st = maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory building the request");
+    else if ((s->body_len = strlen(s->body)) > MAAS_MAX_BODY_BYTES)
+        /* The service refuses it anyway, after the whole upload. */
+        st = maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
+                            "the request would be %zu bytes, over the service's limit of "
+                            "16 MiB (%u bytes): shorten the prompt",
+                            s->body_len, (unsigned)MAAS_MAX_BODY_BYTES);
+    return st;
+}
+
+/* The request's own part of the body: all but the model, which may need the catalogue. */
+static maas_status build_root(maas_stream *s, const maas_request *r, json_t **out,
                               maas_error_rec *err)
 {
     json_t *root = NULL, *req = NULL, *params = NULL;
@@ -159,29 +199,20 @@ static maas_status build_body(maas_stream *s, const maas_request *r, const maas_
         json_object_set_new(params, "temperature", json_real(r->temperature)) ||
         json_object_set_new(req, "prompt", json_string(r->prompt)) ||
         json_object_set(req, "params", params) ||
-        json_object_set_new(root, "model", json_string(m->model_name)) ||
         json_object_set(root, "request", req) ||
-        json_object_set_new(root, "cloudAccountId", json_string(s->c->cloud_account)) ||
-        json_object_set_new(root, "productName", json_string(m->product_name)) ||
-        json_object_set_new(root, "productId", json_string(m->product_id))) {
+        json_object_set_new(root, "cloudAccountId", json_string(s->c->cloud_account))) {
         st = maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory building the request");
-        goto out;
+        if (root && req && json_object_get(req, "prompt"))
+            json_object_set(root, "request", req); /* so that wipe_root finds the prompt */
+        json_decref(params);
+        json_decref(req);
+        wipe_root(root);
+        return st;
     }
-    /* 15 significant digits print 0.9 as 0.9, as the guide's Python does. */
-    s->body = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
-    if (!s->body)
-        st = maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory building the request");
-    else if ((s->body_len = strlen(s->body)) > MAAS_MAX_BODY_BYTES)
-        /* The service refuses it anyway, after the whole upload. */
-        st = maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
-                            "the request would be %zu bytes, over the service's limit of "
-                            "16 MiB (%u bytes): shorten the prompt",
-                            s->body_len, (unsigned)MAAS_MAX_BODY_BYTES);
-out:
     json_decref(params);
     json_decref(req);
-    json_decref(root);
-    return st;
+    *out = root;
+    return MAAS_OK;
 }
 
 /* ---- receiving ---------------------------------------------------------- */
@@ -305,6 +336,19 @@ maas_status maas_stream_fail(maas_stream *s, maas_status st)
     return maas_error_publish(&s->err);
 }
 
+/* Wait in the multi for what its fetcher brings (the catalogue or a token). */
+static maas_status wait_aside(maas_stream *s, stream_state state)
+{
+    maas_status st;
+    s->state = state;
+    st = s->sched->need(s, state == S_WAIT_CATALOGUE ? MAAS_NEED_CATALOGUE : MAAS_NEED_TOKEN);
+    if (st != MAAS_OK)
+        return maas_error_set(&s->err, st, "could not start a fetch aside for the %s",
+                              state == S_WAIT_CATALOGUE ? "model catalogue" : "token");
+    s->sched->track(s); /* its deadline */
+    return MAAS_PENDING;
+}
+
 static maas_status start_attempt(maas_stream *s)
 {
     maas_status st;
@@ -316,15 +360,31 @@ static maas_status start_attempt(maas_stream *s)
     /* The record holds this attempt's failure only, not an earlier call's 200. */
     maas_error_clear(&s->err);
     /* The deadline runs from the first attempt, its token fetch included. */
-    if (s->attempts == 0 && s->c->deadline_ms > 0)
+    if (s->attempts == 0 && s->c->deadline_ms > 0 && !s->x.deadline_at)
         s->x.deadline_at = maas_now_ms() + s->c->deadline_ms;
     /* Every attempt, the first included, takes the cache's current token (the
      * one taken at open may have expired since); a fetch it needs is
      * cancellable and within what is left of the stream's deadline. */
-    maas_auth_release(&s->ticket);
-    st = maas_auth_acquire_for(s->c, &s->ticket, &s->cancel, s->x.deadline_at, &s->err);
-    if (st != MAAS_OK)
-        return st;
+    if (s->ticket_ready) {
+        s->ticket_ready = 0; /* fetched aside for this attempt */
+    } else if (s->sched) {
+        /* A multi never waits on the network: without a token at hand, the
+         * stream waits (in the multi) for the one fetched aside. */
+        int refresh = 0;
+        maas_auth_release(&s->ticket);
+        st = maas_auth_try(s->c, &s->ticket, &refresh, &s->err);
+        if (st == MAAS_PENDING)
+            return wait_aside(s, S_WAIT_TOKEN);
+        if (st != MAAS_OK)
+            return st;
+        if (refresh && s->sched->need(s, MAAS_NEED_REFRESH) != MAAS_OK)
+            MAAS_DEBUG(s->c, "could not start a token refresh aside; the next attempt tries again");
+    } else {
+        maas_auth_release(&s->ticket);
+        st = maas_auth_acquire_for(s->c, &s->ticket, &s->cancel, s->x.deadline_at, &s->err);
+        if (st != MAAS_OK)
+            return st;
+    }
     s->auth = curl_slist_append(NULL, s->ticket.header);
     if (!s->auth)
         return maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory");
@@ -626,11 +686,12 @@ static void stream_error(maas_stream *s, const maas_msg *m)
 /* ---- public ------------------------------------------------------------------ */
 
 maas_status maas_stream_create(maas_stream **out, maas_client *client, const maas_request *request,
-                               maas_error_rec *err)
+                               int defer, maas_error_rec *err)
 {
     maas_stream *s;
-    const maas_model *m;
+    const maas_model *m = NULL;
     maas_status st;
+    json_t *root = NULL;
     size_t n;
 
     *out = NULL;
@@ -649,14 +710,42 @@ maas_status maas_stream_create(maas_stream **out, maas_client *client, const maa
     maas_error_clear(&s->err);
     maas_ndjson_init(&s->dec, client->max_line_bytes);
 
-    m = resolve_model(client, request, &s->err);
-    if (!m) {
-        st = s->err.pub.status;
-        goto fail;
-    }
-    st = build_body(s, request, m, &s->err);
+    st = build_root(s, request, &root, &s->err);
     if (st != MAAS_OK)
         goto fail;
+    if (defer && !request->model_info) {
+        /* A multi's stream: the catalogue only if it is at hand, else it is
+         * fetched aside and the body finished when it comes. */
+        const maas_model_list *cat = maas_models_cached(client);
+        if (cat) {
+            m = find_model(cat, request->model, &s->err);
+            if (!m) {
+                wipe_root(root);
+                st = s->err.pub.status;
+                goto fail;
+            }
+        } else {
+            s->model_name = strdup(request->model);
+            if (!s->model_name) {
+                wipe_root(root);
+                st = maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory opening a stream");
+                goto fail;
+            }
+            s->pending_body = root;
+        }
+    } else {
+        m = resolve_model(client, request, &s->err);
+        if (!m) {
+            wipe_root(root);
+            st = s->err.pub.status;
+            goto fail;
+        }
+    }
+    if (m) {
+        st = finish_body(s, root, m, &s->err);
+        if (st != MAAS_OK)
+            goto fail;
+    }
     n = strlen(client->api_base_url) + sizeof "/generatestream";
     s->url = malloc(n);
     s->headers = maas_http_headers(NULL, 1);
@@ -665,10 +754,17 @@ maas_status maas_stream_create(maas_stream **out, maas_client *client, const maa
         goto fail;
     }
     snprintf(s->url, n, "%s/generatestream", client->api_base_url);
-    /* Fail early on credentials; the first attempt then uses this token. */
-    st = maas_auth_acquire(client, &s->ticket, &s->err);
-    if (st != MAAS_OK)
-        goto fail;
+    if (defer) {
+        /* The deadline runs from here: the waits for the catalogue and the
+         * token fetched aside are the stream's time too. */
+        if (client->deadline_ms > 0)
+            s->x.deadline_at = maas_now_ms() + client->deadline_ms;
+    } else {
+        /* Fail early on credentials; the first attempt then uses this token. */
+        st = maas_auth_acquire(client, &s->ticket, &s->err);
+        if (st != MAAS_OK)
+            goto fail;
+    }
     s->state = S_NEW;
     *out = s;
     return MAAS_OK;
@@ -689,7 +785,7 @@ maas_status maas_stream_open(maas_stream **out, maas_client *client, const maas_
     if (!client || !request)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "%s is NULL", client ? "request" : "client");
     maas_error_clear(&err);
-    st = maas_stream_create(out, client, request, &err);
+    st = maas_stream_create(out, client, request, 0, &err);
     if (st != MAAS_OK)
         return maas_error_publish(&err);
     /* Only now take a channel: the catalogue and token calls above borrowed
@@ -732,8 +828,25 @@ maas_status maas_stream_advance(maas_stream *s, const maas_token **out, int bloc
     case S_FINAL_PENDING:
         s->state = S_DONE;
         return MAAS_DONE;
+    case S_WAIT_CATALOGUE:
+    case S_WAIT_TOKEN:
+        /* Only a multi's streams wait here; what they wait for comes through
+         * maas_stream_catalogue_ready / maas_stream_token_ready. */
+        if (s->x.deadline_at && maas_now_ms() >= s->x.deadline_at) {
+            maas_error_set(&s->err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired waiting for the %s",
+                           s->c->deadline_ms,
+                           s->state == S_WAIT_CATALOGUE ? "model catalogue" : "token");
+            return maas_stream_fail(s, MAAS_ERR_DEADLINE);
+        }
+        return MAAS_PENDING;
     case S_NEW:
+        if (s->pending_body) {
+            st = wait_aside(s, S_WAIT_CATALOGUE);
+            return st == MAAS_PENDING ? st : maas_stream_fail(s, st);
+        }
         st = start_attempt(s);
+        if (st == MAAS_PENDING)
+            return st;
         if (st != MAAS_OK)
             AFTER_FAILURE(s, st, block);
         break;
@@ -746,6 +859,8 @@ maas_status maas_stream_advance(maas_stream *s, const maas_token **out, int bloc
                 return maas_stream_fail(s, st);
         }
         st = retry_now(s);
+        if (st == MAAS_PENDING)
+            return st;
         if (st != MAAS_OK)
             AFTER_FAILURE(s, st, block);
         break;
@@ -799,7 +914,9 @@ int64_t maas_stream_next_deadline(const maas_stream *s)
         d = s->wake_at;
     else if (s->x.added && s->x.connected && s->x.idle_ms > 0)
         d = s->x.idle_since + s->x.idle_ms; /* before the connection: libcurl's connect clock */
-    if ((s->state == S_BACKOFF || s->x.added) && s->x.deadline_at && s->x.deadline_at < d)
+    if ((s->state == S_BACKOFF || s->state == S_WAIT_CATALOGUE || s->state == S_WAIT_TOKEN ||
+         s->x.added) &&
+        s->x.deadline_at && s->x.deadline_at < d)
         d = s->x.deadline_at;
     return d;
 }
@@ -811,6 +928,62 @@ int maas_stream_settled(maas_stream *s)
     /* Done, or past the short drain clock: let the connection go back (or close). */
     maas_stream_drop_attempt(s);
     return 1;
+}
+
+void maas_stream_catalogue_ready(maas_stream *s, maas_status st, const maas_error_rec *err)
+{
+    const maas_model_list *cat = st == MAAS_OK ? maas_models_cached(s->c) : NULL;
+    const maas_model *m;
+    json_t *root = s->pending_body;
+    if (s->state != S_WAIT_CATALOGUE)
+        return;
+    if (!cat) {
+        if (st == MAAS_OK) /* fetched, but another thread holds the lock: ask again */
+            st = wait_aside(s, S_WAIT_CATALOGUE);
+        if (st == MAAS_PENDING)
+            return;
+        if (err && err->pub.status != MAAS_OK)
+            maas_error_copy(&s->err, err);
+        maas_stream_fail(s, s->err.pub.status != MAAS_OK ? s->err.pub.status : st);
+        return;
+    }
+    s->pending_body = NULL;
+    m = find_model(cat, s->model_name, &s->err);
+    if (!m) {
+        wipe_root(root);
+        maas_stream_fail(s, MAAS_ERR_UNKNOWN_MODEL);
+        return;
+    }
+    st = finish_body(s, root, m, &s->err);
+    if (st != MAAS_OK) {
+        maas_stream_fail(s, st);
+        return;
+    }
+    s->state = S_NEW;
+}
+
+void maas_stream_token_ready(maas_stream *s, maas_status st, const maas_auth_ticket *t,
+                             const maas_error_rec *err)
+{
+    if (s->state != S_WAIT_TOKEN)
+        return;
+    if (st != MAAS_OK) {
+        /* The one fetch that every waiting stream shared failed: its outcome is theirs. */
+        maas_error_copy(&s->err, err);
+        s->err.pub.attempts = s->attempts;
+        maas_stream_fail(s, st);
+        return;
+    }
+    maas_auth_release(&s->ticket);
+    s->ticket.header = strdup(t->header);
+    s->ticket.generation = t->generation;
+    if (!s->ticket.header) {
+        maas_error_set(&s->err, MAAS_ERR_NO_MEMORY, "out of memory");
+        maas_stream_fail(s, MAAS_ERR_NO_MEMORY);
+        return;
+    }
+    s->ticket_ready = 1;
+    s->state = S_NEW;
 }
 
 maas_status maas_stream_next(maas_stream *s, const maas_token **out)
@@ -892,6 +1065,9 @@ void maas_stream_free(maas_stream *s)
         maas_wipe(s->body, s->body_len);
         free(s->body);
     }
+    if (s->pending_body)
+        wipe_root(s->pending_body);
+    free(s->model_name);
     free(s->error_body);
     free(s->final_text);
     free(s->finish_name);

@@ -18,20 +18,26 @@
 /* The body of a non-200 answer kept for its error message. */
 #define ERROR_BODY_MAX (64 * 1024)
 
-/* maas_stream_advance() without blocking: nothing to hand out until more
- * bytes, the end of the transfer or a clock. Never returned to callers. */
-#define MAAS_PENDING ((maas_status)1000)
 
 typedef enum stream_state {
     S_NEW,           /* opened, no attempt yet */
     S_RUNNING,       /* an attempt is under way */
     S_BACKOFF,       /* waiting until wake_at before the next attempt */
+    S_WAIT_CATALOGUE,/* a multi's stream: the catalogue is being fetched aside */
+    S_WAIT_TOKEN,    /* a multi's stream: a token is being fetched aside */
     S_FINAL_PENDING, /* the final message's token was handed out; MAAS_DONE is next */
     S_DONE,
     S_FAILED
 } stream_state;
 
 struct maas_stream;
+
+/* What a multi's stream asks its scheduler to fetch aside (never in its loop). */
+typedef enum maas_need {
+    MAAS_NEED_CATALOGUE, /* the stream waits for it (S_WAIT_CATALOGUE) */
+    MAAS_NEED_TOKEN,     /* the stream waits for it (S_WAIT_TOKEN) */
+    MAAS_NEED_REFRESH    /* no one waits: the token served is due for a refresh */
+} maas_need;
 
 /*
  * What a stream tells whoever schedules it without blocking (a maas_multi):
@@ -43,6 +49,9 @@ typedef struct maas_stream_sched {
     void (*track)(struct maas_stream *s);     /* its clocks changed (maas_stream_next_deadline) */
     void (*cancelled)(struct maas_stream *s); /* maas_stream_cancel, from any thread */
     void (*forget)(struct maas_stream *s);    /* it is being freed: drop every reference */
+    /* Fetch it aside and hand it over (maas_stream_*_ready) on the stream's
+     * thread; MAAS_OK, or why the fetch could not even start. */
+    maas_status (*need)(struct maas_stream *s, maas_need what);
 } maas_stream_sched;
 
 struct maas_stream {
@@ -57,6 +66,9 @@ struct maas_stream {
     struct curl_slist *headers;  /* the fixed ones; the token is added per attempt */
     struct curl_slist *auth;     /* this attempt's token node, wiped when dropped */
     maas_auth_ticket ticket;
+    int ticket_ready;            /* ticket was fetched aside for the next attempt */
+    struct json_t *pending_body; /* S_WAIT_CATALOGUE: the body but for its model */
+    char *model_name;            /* ... and the model it names */
 
     maas_ndjson dec;
     maas_http_meta meta;
@@ -103,9 +115,19 @@ struct maas_stream {
     double t_first;                         /* the first token was decoded; 0: none yet */
 };
 
-/* Validate the request, resolve the model, build the body, take a token. */
+/*
+ * Validate the request, resolve the model, build the body, take a token. With
+ * defer (a multi's stream), nothing waits on the network: the model is
+ * resolved later when the catalogue is not at hand, the token is taken by the
+ * first attempt, and the deadline starts now.
+ */
 maas_status maas_stream_create(maas_stream **out, maas_client *c, const maas_request *r,
-                               maas_error_rec *err);
+                               int defer, maas_error_rec *err);
+/* What was fetched aside has come (st, and err when it failed): a waiting
+ * stream is ready to advance again (or has failed). Others are left alone. */
+void maas_stream_catalogue_ready(maas_stream *s, maas_status st, const maas_error_rec *err);
+void maas_stream_token_ready(maas_stream *s, maas_status st, const maas_auth_ticket *t,
+                             const maas_error_rec *err);
 /*
  * The engine: the next token (MAAS_OK), the end (MAAS_DONE), a failure, or,
  * when !block, MAAS_PENDING. A multi stream is only ever advanced with

@@ -525,7 +525,8 @@ typedef void (*maas_done_cb)(maas_stream *stream, maas_status status, void *payl
 MAAS_EXPORT maas_status maas_multi_new(maas_multi **out, maas_client *client);
 
 /**
- * Free a multi. Streams not yet done are stopped (their connections closed,
+ * Free a multi. A fetch aside under way is cut short (never waited for).
+ * Streams not yet done are stopped (their connections closed,
  * no callback called) and end with MAAS_ERR_CANCELLED, unless their final
  * message had already arrived; they must still be freed with
  * maas_stream_free(). NULL is a no-op.
@@ -534,10 +535,12 @@ MAAS_EXPORT void maas_multi_free(maas_multi *multi);
 
 /**
  * Start a stream in the multi without waiting for the network: the request
- * is checked, the model resolved and a token taken. Those two may block:
- * the catalogue once per client, a token fetch once per token lifetime (and
- * after a 401, inside the driving call); call maas_client_authenticate()
- * first to keep the routine case off the loop. Its callbacks run from
+ * is checked, the model resolved and a token taken. A catalogue or token the
+ * client does not hold yet is fetched aside by the multi's own thread while
+ * the stream waits in the multi (so are the tokens of 401 replays); no
+ * maas_multi_* call waits on the network, and a failed fetch (an unknown
+ * model, refused credentials) ends each waiting stream through on_done.
+ * maas_client_authenticate() first saves the first streams that wait. Its callbacks run from
  * inside maas_multi_perform() / maas_multi_poll() /
  * maas_multi_socket_action(): on_token per token (nonzero cancels),
  * on_details once, then on_done once. Any callback may be NULL. `*out`

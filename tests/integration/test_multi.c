@@ -41,6 +41,8 @@ struct one {
     maas_stream *cancel_on_token;         /* maas_stream_cancel it from the first on_token */
     int cancelled_on_token;
     int foreign; /* callbacks run on another thread than the driving one, or inside maas_multi_add */
+    long last_ms, max_gap_ms; /* engine_now_ms() of the last token; the longest wait between two */
+    char message[256];        /* maas_stream_error()'s message, kept by on_done */
 };
 
 /* The thread that drives every multi of these tests. */
@@ -58,6 +60,12 @@ static int on_token(const maas_token *t, void *p)
 {
     struct one *o = p;
     on_driver(o);
+    {
+        long now = engine_now_ms();
+        if (o->last_ms && now - o->last_ms > o->max_gap_ms)
+            o->max_gap_ms = now - o->last_ms;
+        o->last_ms = now;
+    }
     o->tokens++;
     if (o->cancel_on_token && !o->cancelled_on_token) {
         maas_stream_cancel(o->cancel_on_token);
@@ -88,6 +96,7 @@ static void on_done(maas_stream *s, maas_status st, void *p)
     on_driver(o);
     o->done++;
     o->status = st;
+    snprintf(o->message, sizeof o->message, "%s", maas_stream_error(s)->message);
     if (o->free_in_done)
         maas_stream_free(s);
 }
@@ -117,6 +126,19 @@ static maas_stream *add(maas_multi *m, const char *prompt, int max_tokens, struc
     in_add = 0;
     assert_non_null(s);
     return s;
+}
+
+/* The client's catalogue fetched (a blocking call does it). */
+static void warm_catalogue(maas_client *c)
+{
+    maas_request r = MAAS_REQUEST_INIT;
+    char *text = NULL;
+    size_t len = 0;
+    r.model = MISTRAL;
+    r.prompt = "Tell me a joke";
+    r.max_new_tokens = 1;
+    assert_int_equal(maas_generate_text(&text, &len, c, &r), MAAS_OK);
+    free(text);
 }
 
 /* Drive with perform/poll until every stream is done (bounded, to catch hangs). */
@@ -650,6 +672,10 @@ static void test_socket_callback_cannot_drive(void **state)
     (void)state;
     memset(&r, 0, sizeof r);
     memset(&o, 0, sizeof o);
+    /* The catalogue and the token at hand: the stream's first transfer
+     * starts inside maas_multi_add, not after a fetch aside. */
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    warm_catalogue(c);
     assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
     assert_int_equal(maas_multi_set_callbacks(m, recursing_socket, idle_timer, &r), MAAS_OK);
     r.m = m; /* not for the wake-up pipe, reported inside maas_multi_set_callbacks */
@@ -960,6 +986,232 @@ static int group_teardown(void **state)
     return emu_stop(&E);
 }
 
+
+/* ---- nothing a multi does waits on the network ------------------------------------ */
+
+/*
+ * One turn of the application's loop: by maas_multi_poll, or by the event
+ * loop. Both wait at most 100 ms for a socket or the wake-up, so a turn that
+ * takes far longer was spent inside the library.
+ */
+static long turn(maas_multi *m, struct engine_loop *l, size_t *running)
+{
+    long t0 = engine_now_ms();
+    if (l)
+        engine_loop_turn(m, l, 100, running);
+    else
+        assert_int_equal(maas_multi_poll(m, 100, running), MAAS_OK);
+    return engine_now_ms() - t0;
+}
+
+static maas_multi *new_multi(maas_client *c, struct engine_loop *l)
+{
+    maas_multi *m = NULL;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    if (l) {
+        engine_loop_init(l);
+        assert_int_equal(maas_multi_set_callbacks(m, engine_loop_socket, engine_loop_timer, l),
+                         MAAS_OK);
+    }
+    return m;
+}
+
+static maas_stream *timed_add(maas_multi *m, const char *prompt, int max_tokens, struct one *o,
+                              long *longest)
+{
+    long t0 = engine_now_ms();
+    maas_stream *s = add(m, prompt, max_tokens, o);
+    if (engine_now_ms() - t0 > *longest)
+        *longest = engine_now_ms() - t0;
+    return s;
+}
+
+/*
+ * A 401 in the middle of a busy multi: the replay needs a new token, which the
+ * token endpoint gives only after 2 s. The stream waits for it in the multi
+ * while its neighbour keeps flowing; a stream added meanwhile waits for the
+ * same fetch; no call into the multi takes more than a fraction of the 2 s.
+ */
+static void token_fetch_aside(int event)
+{
+    maas_client *c = client_with(0, 0, 0);
+    struct engine_loop l;
+    maas_multi *m;
+    struct one a, b, d;
+    maas_stream *sa, *sb, *sd;
+    size_t running = 1;
+    long longest = 0, t0, tokens_before;
+    int rounds = 0;
+
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    memset(&d, 0, sizeof d);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    warm_catalogue(c);
+    tokens_before = emu_stat(&E, "token_requests");
+    m = new_multi(c, event ? &l : NULL);
+    /* 40 tokens 50 ms apart: two seconds of flow, under way before the faults are queued. */
+    sa = timed_add(m, "Tell me a joke [[fault:delay=50]]", 40, &a, &longest);
+    while (a.tokens == 0) {
+        assert_true(++rounds < 10000);
+        turn(m, event ? &l : NULL, &running);
+    }
+    assert_int_equal(emu_fault(&E, "/v1/maas/generatestream", "status=401", 1), 200);
+    assert_int_equal(emu_fault(&E, "/oauth2/token", "first-byte-delay=2000", 1), 200);
+    t0 = engine_now_ms();
+    sb = timed_add(m, "Tell me a joke", 5, &b, &longest);
+    /* B's 401 has dropped the token: a stream added now has none at hand either. */
+    while (maas_client_counter(c, MAAS_COUNTER_TOKEN_REPLAYS) == 0) {
+        assert_true(++rounds < 10000);
+        turn(m, event ? &l : NULL, &running);
+    }
+    sd = timed_add(m, "Tell me a joke", 5, &d, &longest);
+    while (running > 0) {
+        long took;
+        assert_true(++rounds < 100000);
+        assert_true(engine_now_ms() - t0 < 20000); /* a waiting stream forgotten */
+        took = turn(m, event ? &l : NULL, &running);
+        if (took > longest)
+            longest = took;
+    }
+    assert_int_equal(a.status, MAAS_OK);
+    assert_int_equal(a.tokens, 40);
+    assert_int_equal(b.status, MAAS_OK);
+    assert_int_equal(b.tokens, 5);
+    assert_int_equal(d.status, MAAS_OK);
+    assert_int_equal(d.tokens, 5);
+    /* The slow fetch really was in the way, and was made once for both. */
+    assert_true(engine_now_ms() - t0 >= 1900);
+    assert_int_equal(emu_stat(&E, "token_requests") - tokens_before, 1);
+    /* Nothing waited for it but the streams that needed it. */
+    print_message("longest call into the multi: %ld ms; longest gap in the busy stream: %ld ms\n",
+                  longest, a.max_gap_ms);
+    assert_true(longest < 1000);
+    assert_true(a.max_gap_ms < 1000);
+    assert_int_equal(a.foreign + b.foreign + d.foreign, 0);
+    maas_stream_free(sa);
+    maas_stream_free(sb);
+    maas_stream_free(sd);
+    maas_multi_free(m);
+    if (event) {
+        assert_int_equal(l.nfds, 0);
+        engine_loop_free(&l);
+    }
+    finish(c);
+}
+
+static void test_token_fetched_aside_poll(void **state)
+{
+    (void)state;
+    token_fetch_aside(0);
+}
+
+static void test_token_fetched_aside_event(void **state)
+{
+    (void)state;
+    token_fetch_aside(1);
+}
+
+/*
+ * A token endpoint that refuses after a second, and three streams that need a
+ * token: those of a new client (no catalogue, no token: they wait for the
+ * catalogue, whose request needs the token), or those of a warm client whose
+ * token the API refuses (each gets a 401 and waits for the replay's token).
+ * maas_multi_add returns at once, one token request is made for all of them,
+ * and its failure ends each with its status.
+ */
+static void failed_fetch_aside(int event, int warm)
+{
+    enum { N = 3 };
+    maas_client *c = client_with(0, 0, 0);
+    struct engine_loop l;
+    maas_multi *m;
+    struct one o[N];
+    maas_stream *s[N];
+    size_t running = N;
+    long longest = 0, tokens_before, start;
+    int i, rounds = 0;
+
+    memset(o, 0, sizeof o);
+    if (warm) {
+        assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+        warm_catalogue(c);
+        assert_int_equal(emu_fault(&E, "/v1/maas/generatestream", "status=401", N), 200);
+    }
+    tokens_before = emu_stat(&E, "token_requests");
+    assert_int_equal(emu_fault(&E, "/oauth2/token", "first-byte-delay=1000+status=400", 1), 200);
+    m = new_multi(c, event ? &l : NULL);
+    start = engine_now_ms();
+    for (i = 0; i < N; i++)
+        s[i] = timed_add(m, "Tell me a joke", 5, &o[i], &longest);
+    while (running > 0) {
+        long took;
+        assert_true(++rounds < 100000);
+        /* A stream that no one tells of the failure would wait for ever. */
+        assert_true(engine_now_ms() - start < 20000);
+        took = turn(m, event ? &l : NULL, &running);
+        if (took > longest)
+            longest = took;
+    }
+    for (i = 0; i < N; i++) {
+        assert_int_equal(o[i].done, 1);
+        assert_int_equal(o[i].status, MAAS_ERR_AUTH);
+        assert_int_equal(o[i].tokens, 0);
+        assert_string_equal(o[i].message, o[0].message);
+        maas_stream_free(s[i]);
+    }
+    assert_int_equal(emu_stat(&E, "token_requests") - tokens_before, 1);
+    print_message("longest call into the multi: %ld ms (\"%s\")\n", longest, o[0].message);
+    assert_true(longest < 700);
+    maas_multi_free(m);
+    if (event) {
+        assert_int_equal(l.nfds, 0);
+        engine_loop_free(&l);
+    }
+    finish(c);
+}
+
+static void test_failed_fetch_aside_ends_every_waiter_poll(void **state)
+{
+    (void)state;
+    failed_fetch_aside(0, 0);
+    failed_fetch_aside(0, 1);
+}
+
+static void test_failed_fetch_aside_ends_every_waiter_event(void **state)
+{
+    (void)state;
+    failed_fetch_aside(1, 0);
+    failed_fetch_aside(1, 1);
+}
+
+/* Freeing a multi whose fetch aside is still waiting for the token endpoint
+ * cuts it short: maas_multi_free does not wait for the network either. */
+static void test_free_multi_during_fetch_aside(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = new_multi(c, NULL);
+    struct one o;
+    maas_stream *s;
+    long t0;
+    (void)state;
+    memset(&o, 0, sizeof o);
+    assert_int_equal(emu_fault(&E, "/oauth2/token", "no-answer", 1), 200);
+    s = add(m, "Tell me a joke", 5, &o);
+    assert_int_equal(maas_multi_perform(m, NULL), MAAS_OK);
+    /* The fetch is under way once the token endpoint has the request. */
+    while (emu_stat(&E, "token_requests") == 0)
+        assert_int_equal(maas_multi_poll(m, 10, NULL), MAAS_OK);
+    t0 = engine_now_ms();
+    maas_multi_free(m);
+    print_message("maas_multi_free took %ld ms\n", engine_now_ms() - t0);
+    assert_true(engine_now_ms() - t0 < 1000);
+    assert_int_equal(o.done, 0); /* no callback after (or during) maas_multi_free */
+    assert_int_equal(maas_stream_error(s)->status, MAAS_ERR_CANCELLED);
+    maas_stream_free(s);
+    finish(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -984,6 +1236,11 @@ int main(void)
         cmocka_unit_test_setup(test_assign_hands_back_the_pointer, reset),
         cmocka_unit_test_setup(test_cancel_from_a_callback_acted_on_at_once, reset),
         cmocka_unit_test_setup(test_poll_wakes_for_a_backoff, reset),
+        cmocka_unit_test_setup(test_token_fetched_aside_poll, reset),
+        cmocka_unit_test_setup(test_token_fetched_aside_event, reset),
+        cmocka_unit_test_setup(test_failed_fetch_aside_ends_every_waiter_poll, reset),
+        cmocka_unit_test_setup(test_failed_fetch_aside_ends_every_waiter_event, reset),
+        cmocka_unit_test_setup(test_free_multi_during_fetch_aside, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
