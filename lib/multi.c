@@ -291,6 +291,12 @@ static void *fetcher_main(void *payload)
             tst = maas_auth_acquire_for(m->c, &t, &f->cancel, 0, &terr);
 
         pthread_mutex_lock(&f->lock);
+        /* Streams that asked while this fetch ran are served by its result:
+         * hand_out gives it to every stream waiting when it is handed out. */
+        if (catalogue)
+            f->want_catalogue = 0;
+        if (token)
+            f->want_token = 0;
         if (catalogue) {
             f->catalogue_posted = 1;
             f->catalogue_st = cst;
