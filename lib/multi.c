@@ -36,6 +36,7 @@
 
 #include <curl/curl.h>
 
+#include "call.h"
 #include "clientdata.h"
 #include "clock.h"
 #include "http.h"
@@ -265,6 +266,7 @@ static void *fetcher_main(void *payload)
     maas_multi *m = payload;
     struct fetcher *f = &m->f;
 
+    maas_call_set_aside(1);
     pthread_mutex_lock(&f->lock);
     for (;;) {
         int catalogue, token;
@@ -647,6 +649,10 @@ maas_status maas_multi_add(maas_stream **out, maas_multi *m, const maas_request 
         return maas_fail(MAAS_ERR_NO_MEMORY, "out of memory creating a curl handle");
     }
     maas_xfer_init_external(&s->x, m->c, &s->cancel, &s->own);
+    /* The deadline runs from here: the waits for a catalogue or a token
+     * fetched aside are the stream's time too. */
+    if (m->c->deadline_ms > 0)
+        s->x.deadline_at = maas_now_ms() + m->c->deadline_ms;
     s->x.on_armed = armed;
     s->x.armed_payload = s;
     s->on_token = on_token;

@@ -754,12 +754,7 @@ maas_status maas_stream_create(maas_stream **out, maas_client *client, const maa
         goto fail;
     }
     snprintf(s->url, n, "%s/generatestream", client->api_base_url);
-    if (defer) {
-        /* The deadline runs from here: the waits for the catalogue and the
-         * token fetched aside are the stream's time too. */
-        if (client->deadline_ms > 0)
-            s->x.deadline_at = maas_now_ms() + client->deadline_ms;
-    } else {
+    if (!defer) {
         /* Fail early on credentials; the first attempt then uses this token. */
         st = maas_auth_acquire(client, &s->ticket, &s->err);
         if (st != MAAS_OK)

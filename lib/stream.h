@@ -118,8 +118,8 @@ struct maas_stream {
 /*
  * Validate the request, resolve the model, build the body, take a token. With
  * defer (a multi's stream), nothing waits on the network: the model is
- * resolved later when the catalogue is not at hand, the token is taken by the
- * first attempt, and the deadline starts now.
+ * resolved later when the catalogue is not at hand, and the token is taken by
+ * the first attempt (the scheduler starts the deadline: x.deadline_at).
  */
 maas_status maas_stream_create(maas_stream **out, maas_client *c, const maas_request *r,
                                int defer, maas_error_rec *err);

@@ -42,6 +42,7 @@ struct one {
     int cancelled_on_token;
     int foreign; /* callbacks run on another thread than the driving one, or inside maas_multi_add */
     long last_ms, max_gap_ms; /* engine_now_ms() of the last token; the longest wait between two */
+    long done_ms;             /* engine_now_ms() when on_done ran */
     char message[256];        /* maas_stream_error()'s message, kept by on_done */
 };
 
@@ -95,6 +96,7 @@ static void on_done(maas_stream *s, maas_status st, void *p)
     struct one *o = p;
     on_driver(o);
     o->done++;
+    o->done_ms = engine_now_ms();
     o->status = st;
     {
         const maas_error *e = maas_stream_error(s); /* NULL after a success */
@@ -1217,6 +1219,53 @@ static void test_free_multi_during_fetch_aside(void **state)
     finish(c);
 }
 
+/* A stream waiting for what is fetched aside (here the catalogue, whose
+ * request waits for the token) keeps its clocks: its deadline ends the wait,
+ * and so does a cancellation, while the fetch goes on. The fetch itself is
+ * not cut at the first stream's deadline, which would fail later streams
+ * early. */
+static void test_wait_aside_keeps_deadline_and_cancel(void **state)
+{
+    maas_client *c = client_with(0, 600, 0);
+    maas_multi *m = new_multi(c, NULL);
+    struct one o[3];
+    maas_stream *s[3];
+    size_t running = 2;
+    long t0, t2;
+    int rounds = 0;
+    (void)state;
+    memset(o, 0, sizeof o);
+    assert_int_equal(emu_fault(&E, "/oauth2/token", "no-answer", 1), 200);
+    t0 = engine_now_ms();
+    s[0] = add(m, "Tell me a joke", 5, &o[0]);
+    s[1] = add(m, "Tell me a joke", 5, &o[1]);
+    maas_stream_cancel(s[1]);
+    /* A third stream joins the wait 300 ms later: it has its own 600 ms. */
+    while (engine_now_ms() - t0 < 300)
+        turn(m, NULL, &running);
+    t2 = engine_now_ms();
+    s[2] = add(m, "Tell me a joke", 5, &o[2]);
+    running++;
+    while (running > 0) {
+        assert_true(++rounds < 100000);
+        assert_true(engine_now_ms() - t0 < 20000);
+        turn(m, NULL, &running);
+    }
+    assert_int_equal(o[1].status, MAAS_ERR_CANCELLED);
+    assert_int_equal(o[0].status, MAAS_ERR_DEADLINE);
+    assert_string_equal(o[0].message,
+                        "the 600 ms deadline expired waiting for the model catalogue");
+    assert_true(o[0].done_ms - t0 >= 590);
+    assert_int_equal(o[2].status, MAAS_ERR_DEADLINE);
+    print_message("the later stream ended after %ld ms\n", o[2].done_ms - t2);
+    assert_true(o[2].done_ms - t2 >= 590);
+    maas_stream_free(s[0]);
+    maas_stream_free(s[1]);
+    maas_stream_free(s[2]);
+    maas_multi_free(m);
+    finish(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1246,6 +1295,7 @@ int main(void)
         cmocka_unit_test_setup(test_failed_fetch_aside_ends_every_waiter_poll, reset),
         cmocka_unit_test_setup(test_failed_fetch_aside_ends_every_waiter_event, reset),
         cmocka_unit_test_setup(test_free_multi_during_fetch_aside, reset),
+        cmocka_unit_test_setup(test_wait_aside_keeps_deadline_and_cancel, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
