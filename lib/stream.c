@@ -828,8 +828,8 @@ maas_status maas_stream_advance(maas_stream *s, const maas_token **out, int bloc
         /* Only a multi's streams wait here; what they wait for comes through
          * maas_stream_catalogue_ready / maas_stream_token_ready. */
         if (s->x.deadline_at && maas_now_ms() >= s->x.deadline_at) {
-            maas_error_set(&s->err, MAAS_ERR_DEADLINE, "the %ld ms deadline expired waiting for the %s",
-                           s->c->deadline_ms,
+            maas_error_set(&s->err, MAAS_ERR_DEADLINE,
+                           "the %ld ms deadline expired waiting for the %s", s->c->deadline_ms,
                            s->state == S_WAIT_CATALOGUE ? "model catalogue" : "token");
             return maas_stream_fail(s, MAAS_ERR_DEADLINE);
         }
