@@ -295,16 +295,14 @@ static void *fetcher_main(void *payload)
         pthread_mutex_lock(&f->lock);
         /* Streams that asked while this fetch ran are served by its result:
          * hand_out gives it to every stream waiting when it is handed out. */
-        if (catalogue)
-            f->want_catalogue = 0;
-        if (token)
-            f->want_token = 0;
         if (catalogue) {
+            f->want_catalogue = 0;
             f->catalogue_posted = 1;
             f->catalogue_st = cst;
             maas_error_copy(&f->catalogue_err, &cerr);
         }
         if (token) {
+            f->want_token = 0;
             maas_auth_release(&f->token);
             f->token = t;
             f->token_posted = 1;
