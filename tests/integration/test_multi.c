@@ -1021,6 +1021,32 @@ static maas_multi *new_multi(maas_client *c, struct engine_loop *l)
     return m;
 }
 
+/* Free the multi; in event-loop mode every socket must have been handed back. */
+static void free_multi(maas_multi *m, struct engine_loop *l)
+{
+    maas_multi_free(m);
+    if (l) {
+        assert_int_equal(l->nfds, 0);
+        engine_loop_free(l);
+    }
+}
+
+/* Turns until no stream runs, within 20 s of `since` (a stream that no one
+ * tells of what it waits for would wait for ever); the longest turn is kept. */
+static void drive_to_end(maas_multi *m, struct engine_loop *l, size_t *running, long since,
+                         long *longest)
+{
+    int rounds = 0;
+    while (*running > 0) {
+        long took;
+        assert_true(++rounds < 100000);
+        assert_true(engine_now_ms() - since < 20000);
+        took = turn(m, l, running);
+        if (took > *longest)
+            *longest = took;
+    }
+}
+
 static maas_stream *timed_add(maas_multi *m, const char *prompt, int max_tokens, struct one *o,
                               long *longest)
 {
@@ -1071,14 +1097,7 @@ static void token_fetch_aside(int event)
         turn(m, event ? &l : NULL, &running);
     }
     sd = timed_add(m, "Tell me a joke", 5, &d, &longest);
-    while (running > 0) {
-        long took;
-        assert_true(++rounds < 100000);
-        assert_true(engine_now_ms() - t0 < 20000); /* a waiting stream forgotten */
-        took = turn(m, event ? &l : NULL, &running);
-        if (took > longest)
-            longest = took;
-    }
+    drive_to_end(m, event ? &l : NULL, &running, t0, &longest);
     assert_int_equal(a.status, MAAS_OK);
     assert_int_equal(a.tokens, 40);
     assert_int_equal(b.status, MAAS_OK);
@@ -1097,11 +1116,7 @@ static void token_fetch_aside(int event)
     maas_stream_free(sa);
     maas_stream_free(sb);
     maas_stream_free(sd);
-    maas_multi_free(m);
-    if (event) {
-        assert_int_equal(l.nfds, 0);
-        engine_loop_free(&l);
-    }
+    free_multi(m, event ? &l : NULL);
     finish(c);
 }
 
@@ -1135,7 +1150,7 @@ static void failed_fetch_aside(int event, int warm)
     maas_stream *s[N];
     size_t running = N;
     long longest = 0, tokens_before, start;
-    int i, rounds = 0;
+    int i;
 
     memset(o, 0, sizeof o);
     if (warm) {
@@ -1151,15 +1166,7 @@ static void failed_fetch_aside(int event, int warm)
     start = engine_now_ms();
     for (i = 0; i < N; i++)
         s[i] = timed_add(m, "Tell me a joke", 5, &o[i], &longest);
-    while (running > 0) {
-        long took;
-        assert_true(++rounds < 100000);
-        /* A stream that no one tells of the failure would wait for ever. */
-        assert_true(engine_now_ms() - start < 20000);
-        took = turn(m, event ? &l : NULL, &running);
-        if (took > longest)
-            longest = took;
-    }
+    drive_to_end(m, event ? &l : NULL, &running, start, &longest);
     for (i = 0; i < N; i++) {
         assert_int_equal(o[i].done, 1);
         assert_int_equal(o[i].status, MAAS_ERR_AUTH);
@@ -1170,11 +1177,7 @@ static void failed_fetch_aside(int event, int warm)
     assert_int_equal(emu_stat(&E, "token_requests") - tokens_before, 1);
     print_message("longest call into the multi: %ld ms (\"%s\")\n", longest, o[0].message);
     assert_true(longest < 700);
-    maas_multi_free(m);
-    if (event) {
-        assert_int_equal(l.nfds, 0);
-        engine_loop_free(&l);
-    }
+    free_multi(m, event ? &l : NULL);
     finish(c);
 }
 
@@ -1231,8 +1234,7 @@ static void test_wait_aside_keeps_deadline_and_cancel(void **state)
     struct one o[3];
     maas_stream *s[3];
     size_t running = 2;
-    long t0, t2;
-    int rounds = 0;
+    long t0, t2, longest = 0;
     (void)state;
     memset(o, 0, sizeof o);
     assert_int_equal(emu_fault(&E, "/oauth2/token", "no-answer", 1), 200);
@@ -1246,11 +1248,7 @@ static void test_wait_aside_keeps_deadline_and_cancel(void **state)
     t2 = engine_now_ms();
     s[2] = add(m, "Tell me a joke", 5, &o[2]);
     running++;
-    while (running > 0) {
-        assert_true(++rounds < 100000);
-        assert_true(engine_now_ms() - t0 < 20000);
-        turn(m, NULL, &running);
-    }
+    drive_to_end(m, NULL, &running, t0, &longest);
     assert_int_equal(o[1].status, MAAS_ERR_CANCELLED);
     assert_int_equal(o[0].status, MAAS_ERR_DEADLINE);
     assert_string_equal(o[0].message,
