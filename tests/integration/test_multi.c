@@ -1264,6 +1264,45 @@ static void test_wait_aside_keeps_deadline_and_cancel(void **state)
     finish(c);
 }
 
+/* A stream's whole answer waits unread in its socket when another stream is
+ * added: maas_multi_add must not read it, nor run any callback. */
+static void test_no_callback_inside_add(void **state)
+{
+    maas_client *c = client_with(0, 0, 0);
+    maas_multi *m = new_multi(c, NULL);
+    struct one a, b;
+    maas_stream *sa, *sb;
+    size_t running = 1;
+    long t0 = engine_now_ms(), longest = 0;
+    (void)state;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    warm_catalogue(c);
+    sa = add(m, "Tell me a joke [[fault:first-byte-delay=300]]", 5, &a);
+    /* Drive only until the server has the request; it answers 300 ms later. */
+    while (emu_stat(&E, "generate_requests") < 2) { /* warm_catalogue's, then A's */
+        assert_true(engine_now_ms() - t0 < 20000);
+        assert_int_equal(maas_multi_poll(m, 10, &running), MAAS_OK);
+    }
+    assert_int_equal(a.tokens, 0);
+    /* Now the whole answer is sent, and nothing reads it. */
+    while (emu_stat(&E, "streams_active") > 0)
+        assert_true(engine_now_ms() - t0 < 20000);
+    sb = add(m, "Tell me a joke", 5, &b);
+    assert_int_equal(a.done + a.tokens + a.foreign, 0);
+    running = 2;
+    drive_to_end(m, NULL, &running, t0, &longest);
+    assert_int_equal(a.status, MAAS_OK);
+    assert_int_equal(a.tokens, 5);
+    assert_int_equal(b.status, MAAS_OK);
+    assert_int_equal(a.foreign + b.foreign, 0);
+    maas_stream_free(sa);
+    maas_stream_free(sb);
+    free_multi(m, NULL);
+    finish(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1294,6 +1333,7 @@ int main(void)
         cmocka_unit_test_setup(test_failed_fetch_aside_ends_every_waiter_event, reset),
         cmocka_unit_test_setup(test_free_multi_during_fetch_aside, reset),
         cmocka_unit_test_setup(test_wait_aside_keeps_deadline_and_cancel, reset),
+        cmocka_unit_test_setup(test_no_callback_inside_add, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
