@@ -1286,8 +1286,9 @@ static void test_no_callback_inside_add(void **state)
         assert_int_equal(maas_multi_poll(m, 10, &running), MAAS_OK);
     }
     assert_int_equal(a.tokens, 0);
-    /* Now the whole answer is sent, and nothing reads it. */
-    while (emu_stat(&E, "streams_active") > 0)
+    /* Now the answer is made (generations) and whole sent (no stream active),
+     * and nothing reads it. */
+    while (emu_stat(&E, "generations") < 2 || emu_stat(&E, "streams_active") > 0)
         assert_true(engine_now_ms() - t0 < 20000);
     sb = add(m, "Tell me a joke", 5, &b);
     assert_int_equal(a.done + a.tokens + a.foreign, 0);
