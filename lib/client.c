@@ -13,6 +13,7 @@
 #include "call.h"
 #include "clientdata.h"
 #include "http.h"
+#include "hub.h"
 #include "log.h"
 #include "models.h"
 #include "wipe.h"
@@ -215,6 +216,9 @@ static void client_destroy(maas_client *c)
     if (!c)
         return;
     maas_model_list_free(c->catalogue);
+    /* Before the share handle its connections used. */
+    if (c->hub_ready)
+        maas_hub_cleanup(&c->hub);
     if (c->http_ready)
         maas_http_cleanup(&c->http);
     if (c->auth_ready)
@@ -364,6 +368,11 @@ maas_status maas_client_new(maas_client **out, const maas_client_options *caller
         client_destroy(c);
         return maas_error_publish(&err);
     }
+    if (maas_hub_init(&c->hub)) {
+        client_destroy(c);
+        return maas_fail(MAAS_ERR_INTERNAL, "could not set up the shared multi handle");
+    }
+    c->hub_ready = 1;
     if (opts->user_agent_suffix) {
         size_t used = strlen(c->http.user_agent);
         snprintf(c->http.user_agent + used, sizeof c->http.user_agent - used, " %s",

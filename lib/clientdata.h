@@ -39,7 +39,20 @@ typedef struct maas_http {
     maas_channel *pool;      /* idle channels */
     unsigned pooled;
     char user_agent[160];
+    atomic_int api_h2;       /* the API host's last answer came over HTTP/2 */
 } maas_http;
+
+/* ---- owned by the hub (hub.c) ------------------------------------------ */
+
+/* The shared multi handle of blocking streams over HTTP/2. */
+typedef struct maas_hub {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;     /* news for a transfer, or the multi handle free */
+    CURLM *multi;            /* made on first use */
+    int driving;             /* a thread is inside libcurl with the multi handle */
+    unsigned want;           /* threads waiting to add or remove a transfer */
+    struct maas_xfer *xfers; /* the transfers on it, to find a finished one's */
+} maas_hub;
 
 /* ---- owned by the token cache (auth.c) -------------------------------- */
 
@@ -98,7 +111,8 @@ struct maas_client {
 
     maas_auth auth;
     maas_http http;
-    int auth_ready, http_ready; /* what client_destroy must undo */
+    maas_hub hub;
+    int auth_ready, http_ready, hub_ready; /* what client_destroy must undo */
 
     /* The catalogue (models.c), fetched once, to resolve a request's model name. */
     pthread_mutex_t catalogue_lock;

@@ -425,18 +425,22 @@ void maas_xfer_cleanup(maas_xfer *x)
 /* Connected (TLS included), the request about to go: the idle clock starts. */
 static int on_connected(void *userp, char *ip, char *local_ip, int primary_port, int local_port)
 {
-    maas_xfer *x = userp;
     (void)ip;
     (void)local_ip;
     (void)primary_port;
     (void)local_port;
+    maas_xfer_connected(userp);
+    return CURL_PREREQFUNC_OK;
+}
+#endif
+
+void maas_xfer_connected(maas_xfer *x)
+{
     x->connected = 1;
     maas_xfer_mark(x);
     if (x->on_armed)
         x->on_armed(x->armed_payload);
-    return CURL_PREREQFUNC_OK;
 }
-#endif
 
 /*
  * libcurl counts the body as sent once the kernel took it, and a socket
@@ -465,15 +469,19 @@ static int on_socket_open(void *userp, curl_socket_t fd, curlsocktype purpose)
 static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow)
 {
-    maas_xfer *x = userp;
     (void)dltotal;
     (void)dlnow;
+    maas_xfer_progress(userp, ultotal, ulnow);
+    return 0;
+}
+
+void maas_xfer_progress(maas_xfer *x, curl_off_t ultotal, curl_off_t ulnow)
+{
     if ((int64_t)ulnow > x->up_seen) {
         x->up_seen = (int64_t)ulnow;
         maas_xfer_mark(x);
     }
     x->sending = ultotal > 0 && ulnow < ultotal;
-    return 0;
 }
 
 maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err)
@@ -505,7 +513,26 @@ maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err)
 
 maas_status maas_xfer_start(maas_xfer *x, maas_error_rec *err)
 {
-    CURLMcode mc = curl_multi_add_handle(x->ch->multi, x->easy);
+    CURLMcode mc;
+    CURLcode rc = CURLE_OK;
+    if (x->driver && x->driver->takes(x)) {
+        maas_status st = x->driver->start(x, err);
+        if (st == MAAS_OK) {
+            x->added = 1;
+            x->done = 0;
+            x->idle_since = maas_now_ms();
+        }
+        return st;
+    }
+    if (x->write_fn && (rc = curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, x->write_fn)) == CURLE_OK)
+        rc = curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x->write_data);
+    if (x->header_fn && rc == CURLE_OK &&
+        (rc = curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, x->header_fn)) == CURLE_OK)
+        rc = curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x->header_data);
+    if (rc != CURLE_OK)
+        return maas_error_set(err, MAAS_ERR_INTERNAL, "could not configure libcurl: %s",
+                              curl_easy_strerror(rc));
+    mc = curl_multi_add_handle(x->ch->multi, x->easy);
     if (mc == CURLM_RECURSIVE_API_CALL)
         return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
                               "called from inside a socket or timer callback");
@@ -518,11 +545,24 @@ maas_status maas_xfer_start(maas_xfer *x, maas_error_rec *err)
     return MAAS_OK;
 }
 
+void maas_xfer_learn_protocol(maas_xfer *x)
+{
+    long v = 0;
+    if (x->api_host && curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &v) == CURLE_OK && v)
+        atomic_store(&x->client->http.api_h2, v == CURL_HTTP_VERSION_2_0);
+}
+
 void maas_xfer_finish(maas_xfer *x)
 {
     long conns = 0;
     if (!x->added)
         return;
+    if (x->hub) {
+        x->driver->finish(x);
+        x->added = 0;
+        return;
+    }
+    maas_xfer_learn_protocol(x);
     if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &conns) == CURLE_OK && conns > 0)
         maas_count(x->client, MAAS_COUNTER_CONNECTIONS, (uint64_t)conns);
     /* Removing an unfinished transfer makes libcurl close its connection,
@@ -541,6 +581,8 @@ void maas_xfer_wakeup(maas_xfer *x)
 {
     if (x->ch && x->ch->multi)
         curl_multi_wakeup(x->ch->multi);
+    if (x->driver)
+        x->driver->wakeup(x);
 }
 
 static int cancelled(const maas_xfer *x)
@@ -567,7 +609,7 @@ static maas_status within_deadline(const maas_xfer *x, int64_t now, int64_t *w,
 }
 
 /* How long the next wait may last, or an expired clock's status. */
-static maas_status next_wait(const maas_xfer *x, int64_t *wait_ms, maas_error_rec *err)
+maas_status maas_xfer_next_wait(const maas_xfer *x, int64_t *wait_ms, maas_error_rec *err)
 {
     int64_t now = maas_now_ms(), w = 1000;
     maas_status st = within_deadline(x, now, &w, err);
@@ -597,7 +639,7 @@ maas_status maas_xfer_check(maas_xfer *x, maas_error_rec *err)
     int64_t wait_ms;
     if (cancelled(x))
         return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
-    return next_wait(x, &wait_ms, err);
+    return maas_xfer_next_wait(x, &wait_ms, err);
 }
 
 maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err)
@@ -611,6 +653,8 @@ maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err)
 
     if (cancelled(x))
         return maas_error_set(err, MAAS_ERR_CANCELLED, "the stream was cancelled");
+    if (x->hub)
+        return x->driver->step(x, err);
     mc = curl_multi_perform(x->ch->multi, &running);
     if (mc != CURLM_OK)
         return maas_error_set(err, MAAS_ERR_INTERNAL, "curl_multi_perform: %s",
@@ -629,7 +673,7 @@ maas_status maas_xfer_step(maas_xfer *x, maas_error_rec *err)
      * now, not after the next packet or the poll's clock. */
     if (x->marks != marks)
         return MAAS_OK;
-    st = next_wait(x, &wait_ms, err);
+    st = maas_xfer_next_wait(x, &wait_ms, err);
     if (st != MAAS_OK)
         return st;
     if (x->poll_ms > 0 && wait_ms > x->poll_ms)
@@ -936,10 +980,6 @@ maas_status maas_http_fetch(maas_client *c, const maas_fetch *f, maas_response *
 #define SET(opt, val) do { if (rc == CURLE_OK) rc = curl_easy_setopt(x.easy, opt, val); } while (0)
     SET(CURLOPT_URL, f->url);
     SET(CURLOPT_HTTPHEADER, f->headers);
-    SET(CURLOPT_WRITEFUNCTION, fetch_write);
-    SET(CURLOPT_WRITEDATA, &sink);
-    SET(CURLOPT_HEADERFUNCTION, maas_http_header_cb);
-    SET(CURLOPT_HEADERDATA, &out->meta);
     if (f->post_body) {
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)f->post_len);
         SET(CURLOPT_POSTFIELDS, f->post_body);
@@ -950,6 +990,12 @@ maas_status maas_http_fetch(maas_client *c, const maas_fetch *f, maas_response *
                             curl_easy_strerror(rc));
         goto done;
     }
+    x.write_fn = fetch_write;
+    x.write_data = &sink;
+    x.header_fn = maas_http_header_cb;
+    x.header_data = &out->meta;
+    /* The catalogue comes from the API host: how it answered tells the streams. */
+    x.api_host = f->endpoint != MAAS_EP_TOKEN;
     st = maas_xfer_start(&x, err);
     while (st == MAAS_OK && !x.done)
         st = maas_xfer_step(&x, err);

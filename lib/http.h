@@ -19,6 +19,21 @@
 #include "error.h"
 
 struct maas_client;
+struct maas_xfer;
+
+/*
+ * Another way to drive a transfer, given by a layer above (the hub's, for
+ * blocking streams that share HTTP/2 connections across threads). `takes`
+ * says whether it drives this attempt; if so its other functions replace
+ * the transfer's own multi handle for it.
+ */
+typedef struct maas_xfer_driver {
+    int (*takes)(const struct maas_xfer *x);
+    maas_status (*start)(struct maas_xfer *x, maas_error_rec *err);
+    maas_status (*step)(struct maas_xfer *x, maas_error_rec *err);
+    void (*finish)(struct maas_xfer *x);
+    void (*wakeup)(struct maas_xfer *x); /* from any thread, for the transfer's whole life */
+} maas_xfer_driver;
 
 maas_status maas_http_init(struct maas_client *c, maas_error_rec *err);
 void maas_http_cleanup(maas_http *h);
@@ -75,7 +90,37 @@ typedef struct maas_xfer {
     unsigned long marks;     /* maas_xfer_mark() calls: a step that saw one returns at once */
     int poll_ms;             /* > 0: look at *cancel this often (nothing wakes this channel) */
     char errbuf[CURL_ERROR_SIZE];
+    /* Where libcurl's body and headers go: set before maas_xfer_start, which
+     * installs them (directly, or behind the hub's queue). */
+    curl_write_callback write_fn;
+    void *write_data;
+    curl_write_callback header_fn;
+    void *header_data;
+    int api_host;            /* a request to the API host: its protocol is remembered */
+    const maas_xfer_driver *driver; /* may drive its attempts instead (NULL: none) */
+    /* On the hub (hub.c): what its driver hands over, under hub->lock. */
+    maas_hub *hub;           /* this attempt runs on the client's shared multi handle */
+    struct maas_xfer *hub_next;
+    char *inbox;             /* queued header and body records, in arrival order */
+    size_t inbox_len, inbox_cap;
+    char *spare;             /* the other buffer, swapped with inbox to hand over */
+    size_t spare_cap;
+    int hub_done;            /* libcurl finished the transfer (hub_result) ... */
+    CURLcode hub_result;
+    int hub_removed;         /* ... and the driver took it off the multi handle */
+    int hub_overflow;        /* more than MAAS_HUB_BACKLOG_MAX waited: the transfer was cut */
+    int hub_connected;       /* the prerequest callback ran */
+    int hub_progress;        /* hub_ulnow / hub_ultotal changed */
+    curl_off_t hub_ulnow, hub_ultotal;
 } maas_xfer;
+
+/* What the progress and prerequest callbacks do, on the transfer's own thread. */
+void maas_xfer_progress(maas_xfer *x, curl_off_t ultotal, curl_off_t ulnow);
+void maas_xfer_connected(maas_xfer *x);
+/* How long the next wait may last, or an expired clock's status. */
+maas_status maas_xfer_next_wait(const maas_xfer *x, int64_t *wait_ms, maas_error_rec *err);
+/* The transfer's version of HTTP, learned for the client when it is the API host's. */
+void maas_xfer_learn_protocol(maas_xfer *x);
 
 /* Take a channel from the pool (or make one). The clocks come from the client. */
 maas_status maas_xfer_init(maas_xfer *x, struct maas_client *c, atomic_int *cancel,

@@ -20,6 +20,7 @@
 #include "clientdata.h"
 #include "clock.h"
 #include "http.h"
+#include "hub.h"
 #include "log.h"
 #include "models.h"
 #include "ndjson.h"
@@ -422,10 +423,6 @@ static maas_status start_attempt(maas_stream *s)
     SET(CURLOPT_HTTPHEADER, s->auth);
     SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)s->body_len);
     SET(CURLOPT_POSTFIELDS, s->body);
-    SET(CURLOPT_WRITEFUNCTION, on_write);
-    SET(CURLOPT_WRITEDATA, s);
-    SET(CURLOPT_HEADERFUNCTION, on_header);
-    SET(CURLOPT_HEADERDATA, s);
     SET(CURLOPT_PRIVATE, s); /* a multi finds the stream of a finished transfer */
 #undef SET
     /* The head of the list must not lead into the fixed headers when it is freed. */
@@ -444,6 +441,15 @@ static maas_status start_attempt(maas_stream *s)
     s->attempts++;
     maas_count(s->c, MAAS_COUNTER_API_REQUESTS, 1);
     MAAS_DEBUG(s->c, "POST %s (attempt %u)", s->url, s->attempts);
+    s->x.write_fn = on_write;
+    s->x.write_data = s;
+    s->x.header_fn = on_header;
+    s->x.header_data = s;
+    s->x.api_host = 1;
+    /* A blocking stream may share the client's HTTP/2 connections with other
+     * threads' (hub.c); a multi's streams share their multi's. */
+    if (!s->sched)
+        s->x.driver = &maas_hub_driver;
     st = maas_xfer_start(&s->x, &s->err);
     if (st == MAAS_OK) {
         s->state = S_RUNNING;
