@@ -18,6 +18,7 @@
  * openssl it fails and says so: scripts/deps installs both.
  */
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -277,6 +278,346 @@ static void test_blocking_calls_over_h2(void **state)
     maas_client_free(c);
 }
 
+/* ---- blocking calls on many threads: one shared h2 connection ---------- */
+
+/* One thread's blocking stream: the callback API or the pull iterator. */
+struct worker {
+    maas_client *c;
+    const char *prompt;
+    int max_tokens;
+    int pull;                 /* maas_stream_next rather than maas_generate */
+    size_t hold_after;        /* pull: after this many tokens, wait for *release */
+    pthread_mutex_t *lock;
+    pthread_cond_t *cond;
+    int *release;
+    maas_stream *stream;      /* pull: set once open, for a cancel from elsewhere */
+    int *opened;
+    maas_status st;
+    size_t tokens;
+    int foreign;              /* tokens seen on another thread than the caller's */
+    pthread_t self;
+    char text[4096];
+    size_t len;
+    char message[256];
+};
+
+static void keep(struct worker *w, const maas_token *t)
+{
+    if (!pthread_equal(pthread_self(), w->self))
+        w->foreign++;
+    if (w->len + t->text_len < sizeof w->text) {
+        memcpy(w->text + w->len, t->text, t->text_len);
+        w->len += t->text_len;
+    }
+    w->tokens++;
+}
+
+static int worker_token(const maas_token *t, void *p)
+{
+    keep(p, t);
+    return 0;
+}
+
+static void *worker_main(void *p)
+{
+    struct worker *w = p;
+    maas_request r = MAAS_REQUEST_INIT;
+    w->self = pthread_self();
+    r.model = MISTRAL;
+    r.prompt = w->prompt;
+    r.max_new_tokens = w->max_tokens;
+    if (!w->pull) {
+        w->st = maas_generate(w->c, &r, worker_token, NULL, w);
+    } else {
+        maas_stream *s = NULL;
+        const maas_token *t;
+        w->st = maas_stream_open(&s, w->c, &r);
+        pthread_mutex_lock(w->lock);
+        w->stream = s;
+        if (w->opened)
+            *w->opened = 1;
+        pthread_cond_broadcast(w->cond);
+        pthread_mutex_unlock(w->lock);
+        while (w->st == MAAS_OK && (w->st = maas_stream_next(s, &t)) == MAAS_OK) {
+            keep(w, t);
+            if (w->hold_after && w->tokens == w->hold_after) {
+                /* Hold control, as a caller busy elsewhere would, while the
+                 * other threads' streams run on the shared connection. */
+                pthread_mutex_lock(w->lock);
+                while (!*w->release)
+                    pthread_cond_wait(w->cond, w->lock);
+                pthread_mutex_unlock(w->lock);
+            }
+        }
+        if (w->st == MAAS_DONE)
+            w->st = MAAS_OK;
+        pthread_mutex_lock(w->lock);
+        w->stream = NULL;
+        pthread_mutex_unlock(w->lock);
+        maas_stream_free(s);
+    }
+    if (w->st != MAAS_OK)
+        snprintf(w->message, sizeof w->message, "%s", maas_last_error()->message);
+    return NULL;
+}
+
+/* Each of w[first..n) ended well with the reference's tokens, on its own thread. */
+static void workers_check(const struct worker *w, int n, int first, const struct worker *ref)
+{
+    int i;
+    for (i = first; i < n; i++) {
+        if (w[i].st != MAAS_OK || w[i].tokens != ref->tokens || w[i].foreign ||
+            w[i].len != ref->len || memcmp(w[i].text, ref->text, ref->len))
+            fail_msg("thread %d (%s): %s, %zu tokens (wanted %zu), %d on another thread, text "
+                     "\"%.*s\": %s", i, w[i].pull ? "pull" : "callback",
+                     maas_status_name(w[i].st), w[i].tokens, ref->tokens, w[i].foreign,
+                     (int)w[i].len, w[i].text, w[i].message);
+    }
+}
+
+/* What a prompt gets, from one blocking call on this thread (which also teaches the client h2). */
+static void reference(maas_client *c, const char *prompt, int max_tokens, struct worker *ref)
+{
+    memset(ref, 0, sizeof *ref);
+    ref->c = c;
+    ref->prompt = prompt;
+    ref->max_tokens = max_tokens;
+    worker_main(ref);
+    if (ref->st != MAAS_OK || ref->tokens < 2)
+        fail_msg("the reference call: %s, %zu tokens: %s", maas_status_name(ref->st),
+                 ref->tokens, ref->message);
+}
+
+/* The workers' common state, and the threads that run them. */
+struct crew {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int release;
+    struct worker w[8];
+    pthread_t t[8];
+    int n;
+};
+
+static void crew_start(struct crew *k, maas_client *c, int n, const char *const *prompts,
+                       int max_tokens)
+{
+    int i;
+    assert_true(n <= 8);
+    k->n = n;
+    for (i = 0; i < n; i++) {
+        k->w[i].c = c;
+        k->w[i].prompt = prompts[i];
+        k->w[i].max_tokens = max_tokens;
+        k->w[i].lock = &k->lock;
+        k->w[i].cond = &k->cond;
+        k->w[i].release = &k->release;
+        assert_int_equal(pthread_create(&k->t[i], NULL, worker_main, &k->w[i]), 0);
+    }
+}
+
+static void crew_join(struct crew *k, int from, int to)
+{
+    int i;
+    for (i = from; i < to; i++)
+        pthread_join(k->t[i], NULL);
+}
+
+static void crew_release(struct crew *k)
+{
+    pthread_mutex_lock(&k->lock);
+    k->release = 1;
+    pthread_cond_broadcast(&k->cond);
+    pthread_mutex_unlock(&k->lock);
+}
+
+static struct crew *crew_new(void)
+{
+    struct crew *k = calloc(1, sizeof *k);
+    assert_non_null(k);
+    pthread_mutex_init(&k->lock, NULL);
+    pthread_cond_init(&k->cond, NULL);
+    return k;
+}
+
+static void crew_free(struct crew *k)
+{
+    pthread_mutex_destroy(&k->lock);
+    pthread_cond_destroy(&k->cond);
+    free(k);
+}
+
+/* Every generation since the mark came over h2 through one client port. */
+static void assert_one_h2_connection(int requests)
+{
+    struct seen s;
+    log_wait(GEN_PATH, requests, &s);
+    if (s.requests != requests || s.h2 != requests || s.nports != 1)
+        fail_msg("the front end saw %d generations, %d over h2, from %d client ports (wanted "
+                 "%d, %d, 1)", s.requests, s.h2, s.nports, requests, requests);
+}
+
+/*
+ * Blocking calls on 8 threads at once, half by callback and half pulled,
+ * ride one h2 connection: libcurl multiplexes only within one multi handle,
+ * so they share the client's. Each token reaches its own caller's thread.
+ */
+static void test_threads_share_one_h2_connection(void **state)
+{
+    enum { N = 8 };
+    maas_client *c = client(MAAS_HTTP_AUTO, 0, 0);
+    const char *prompts[N];
+    struct crew *k = crew_new();
+    struct worker ref;
+    long overlap;
+    int i;
+    (void)state;
+    for (i = 0; i < N; i++) {
+        prompts[i] = "Tell me a story [[fault:delay=50]]";
+        k->w[i].pull = i % 2;
+    }
+    reference(c, prompts[0], 30, &ref);
+    log_mark();
+    crew_start(k, c, N, prompts, 30);
+    /* The streams overlap: the emulator has them all at once. */
+    overlap = emu_wait_stat(&E, "streams_active", N, 10000);
+    crew_join(k, 0, N);
+    assert_int_equal(overlap, N);
+    workers_check(k->w, N, 0, &ref);
+    assert_one_h2_connection(N);
+    crew_free(k);
+    maas_client_free(c);
+}
+
+/*
+ * A pulled stream whose caller holds control after 3 tokens does not hold
+ * back the other threads' streams on its connection: they finish while it
+ * waits, and it then reads the rest of its own, in order.
+ */
+static void test_held_pull_stream_does_not_stall_others(void **state)
+{
+    enum { N = 4 };
+    maas_client *c = client(MAAS_HTTP_AUTO, 1000, MAAS_RETRIES_OFF);
+    const char *prompts[N];
+    struct crew *k = crew_new();
+    struct worker ref;
+    int i;
+    (void)state;
+    for (i = 0; i < N; i++)
+        prompts[i] = "Tell me a story [[fault:delay=20]]";
+    k->w[0].pull = 1;
+    k->w[0].hold_after = 3;
+    reference(c, prompts[0], 40, &ref);
+    log_mark();
+    crew_start(k, c, N, prompts, 40);
+    /* The others end (joined) while the first still holds after its third token. */
+    crew_join(k, 1, N);
+    pthread_mutex_lock(&k->lock);
+    assert_int_equal(k->w[0].tokens, 3);
+    pthread_mutex_unlock(&k->lock);
+    workers_check(k->w, N, 1, &ref);
+    /* Its stream ended at the server meanwhile: the rest waited in the client,
+     * and its idle clock (1 s) counts only while it waits for the server. */
+    assert_int_equal(emu_wait_stat(&E, "streams_active", 0, 10000), 0);
+    crew_release(k);
+    crew_join(k, 0, 1);
+    workers_check(k->w, 1, 0, &ref);
+    assert_one_h2_connection(N);
+    crew_free(k);
+    maas_client_free(c);
+}
+
+/*
+ * The bound on what may wait for a held stream: an h2 stream cannot be held
+ * back alone, so a caller that holds control while another thread's stream
+ * keeps the connection busy has its bytes kept, up to 64 MiB; past that its
+ * stream is cut with a message that says why, and the other one is unharmed.
+ */
+static void test_held_stream_backlog_is_bounded(void **state)
+{
+    maas_client *c = client(MAAS_HTTP_AUTO, 0, MAAS_RETRIES_OFF);
+    const char *prompts[2] = { "Tell me [[fault:tokens=600000]][[fault:coalesce]]",
+                               "Tell me [[fault:tokens=450000]][[fault:coalesce]]" };
+    struct crew *k = crew_new();
+    struct worker ref;
+    (void)state;
+    reference(c, "Tell me a joke", 5, &ref); /* learn h2 */
+    log_mark();
+    k->w[0].pull = 1;
+    k->w[0].hold_after = 1;
+    crew_start(k, c, 2, prompts, 5);
+    crew_join(k, 1, 2);
+    if (k->w[1].st != MAAS_OK || k->w[1].tokens < 450000 || k->w[1].foreign)
+        fail_msg("the busy stream: %s after %zu tokens: %s", maas_status_name(k->w[1].st),
+                 k->w[1].tokens, k->w[1].message);
+    crew_release(k);
+    crew_join(k, 0, 1);
+    if (k->w[0].st != MAAS_ERR_TRUNCATED || !strstr(k->w[0].message, "more than 64 MiB") ||
+        k->w[0].tokens < 2 || k->w[0].tokens >= 600000)
+        fail_msg("the held stream: %s after %zu tokens: %s", maas_status_name(k->w[0].st),
+                 k->w[0].tokens, k->w[0].message);
+    assert_one_h2_connection(2);
+    crew_free(k);
+    maas_client_free(c);
+}
+
+/* One thread's stream cancelled from another thread is reset; the others finish. */
+static void test_cancel_one_thread_keeps_the_others(void **state)
+{
+    enum { N = 4 };
+    maas_client *c = client(MAAS_HTTP_AUTO, 0, 0);
+    const char *prompts[N];
+    struct crew *k = crew_new();
+    struct worker ref;
+    int i;
+    (void)state;
+    for (i = 0; i < N; i++)
+        prompts[i] = "Tell me a story [[fault:delay=50]]";
+    k->w[0].pull = 1;
+    reference(c, prompts[0], 30, &ref);
+    log_mark();
+    crew_start(k, c, N, prompts, 30);
+    assert_int_equal(emu_wait_stat(&E, "streams_active", N, 10000), N);
+    pthread_mutex_lock(&k->lock);
+    assert_non_null(k->w[0].stream);
+    maas_stream_cancel(k->w[0].stream);
+    pthread_mutex_unlock(&k->lock);
+    crew_join(k, 0, N);
+    assert_int_equal(k->w[0].st, MAAS_ERR_CANCELLED);
+    assert_true(k->w[0].tokens < 30);
+    workers_check(k->w, N, 1, &ref);
+    /* The reset reached the emulator through the front end. */
+    assert_int_equal(emu_wait_stat(&E, "streams_active", 0, 5000), 0);
+    assert_one_h2_connection(N);
+    crew_free(k);
+    maas_client_free(c);
+}
+
+/* A silent stream's idle clock fires on its thread while the others' flow on the connection. */
+static void test_idle_clock_of_one_thread(void **state)
+{
+    enum { N = 4 };
+    maas_client *c = client(MAAS_HTTP_AUTO, 1000, MAAS_RETRIES_OFF);
+    const char *prompts[N] = { "Tell me a story [[fault:stall-after=2]]",
+                               "Tell me a story [[fault:delay=50]]",
+                               "Tell me a story [[fault:delay=50]]",
+                               "Tell me a story [[fault:delay=50]]" };
+    struct crew *k = crew_new();
+    struct worker ref;
+    (void)state;
+    k->w[0].pull = 1;
+    reference(c, prompts[1], 50, &ref);
+    log_mark();
+    crew_start(k, c, N, prompts, 50);
+    crew_join(k, 0, N);
+    if (k->w[0].st != MAAS_ERR_IDLE_TIMEOUT || k->w[0].tokens != 2)
+        fail_msg("the stalled stream: %s after %zu tokens: %s", maas_status_name(k->w[0].st),
+                 k->w[0].tokens, k->w[0].message);
+    workers_check(k->w, N, 1, &ref);
+    assert_one_h2_connection(N);
+    crew_free(k);
+    maas_client_free(c);
+}
+
 /* One stream cancelled after 3 tokens is reset; its neighbours on the connection finish. */
 static void test_cancel_one_stream_keeps_the_others(void **state)
 {
@@ -399,6 +740,11 @@ int main(void)
         cmocka_unit_test_setup(test_cancel_one_stream_keeps_the_others, reset),
         cmocka_unit_test_setup(test_idle_clock_of_one_stream, reset),
         cmocka_unit_test_setup(test_replay_and_retry_over_h2, reset),
+        cmocka_unit_test_setup(test_threads_share_one_h2_connection, reset),
+        cmocka_unit_test_setup(test_held_pull_stream_does_not_stall_others, reset),
+        cmocka_unit_test_setup(test_held_stream_backlog_is_bounded, reset),
+        cmocka_unit_test_setup(test_cancel_one_thread_keeps_the_others, reset),
+        cmocka_unit_test_setup(test_idle_clock_of_one_thread, reset),
     };
     int rc = cmocka_run_group_tests_name("h2", tests, group_setup, group_teardown);
     if ((F.pid > 0 && front_stop(&F) != 0) || front_failed)
