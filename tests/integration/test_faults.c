@@ -6,7 +6,11 @@
  * the HTTP status and gRPC code, the attempts, and whether the stream's
  * connection is closed. Every row runs through maas_generate, the pull
  * iterator, a multi driven by maas_multi_poll and a multi driven by an event
- * loop (engines.c): a fault is added once and tested on every path.
+ * loop (engines.c): a fault is added once and tested on every path. The two
+ * blocking engines run it once more beside a neighbour: another thread
+ * streaming a healthy answer on the same client, which must not notice.
+ * Over HTTP/2 the two share one connection (the client's hub, lib/hub.c),
+ * so the fault's stream is reset or cut beside a stream that keeps going.
  *
  * The connection check runs while the client (and the multi) is alive:
  * maas_client_free closes everything, so checking after it proves nothing.
@@ -20,6 +24,7 @@
  * abandoned response to its end to keep its backend connection), so the
  * connections are checked on the direct run only.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -144,11 +149,102 @@ static const struct fault_case cases[] = {
       MAAS_ERR_CANCELLED, NULL, 3, 0, 0, 0, CLOSED, 0 },
 };
 
+/* ---- the neighbour: a healthy stream on another thread of the same client -------------- */
+
+struct neighbour {
+    maas_client *c;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    size_t tokens;         /* read so far */
+    size_t tokens_at_stop; /* when told to stop */
+    int stop;
+    maas_status st;        /* MAAS_OK: it read on after the stop and ended it itself */
+    char message[256];
+};
+
+/* The running test's neighbour, ended by the teardown if the test failed
+ * (it is static: a failed test leaves run_case's frame behind). */
+static struct neighbour NEIGHBOUR, *LIVE_NEIGHBOUR;
+
+static void *neighbour_main(void *p)
+{
+    struct neighbour *n = p;
+    maas_request r = MAAS_REQUEST_INIT;
+    maas_stream *s = NULL;
+    const maas_token *t;
+    maas_status st;
+    r.model_info = maas_model_list_find(CATALOGUE, MISTRAL);
+    r.prompt = "Tell me a story [[fault:delay=20]]";
+    r.max_new_tokens = 2000; /* 40 s: longer than any row */
+    st = maas_stream_open(&s, n->c, &r);
+    while (st == MAAS_OK && (st = maas_stream_next(s, &t)) == MAAS_OK) {
+        int enough;
+        pthread_mutex_lock(&n->lock);
+        n->tokens++;
+        /* Three more tokens after the row's end: the stream still flows. */
+        enough = n->stop && n->tokens >= n->tokens_at_stop + 3;
+        pthread_cond_broadcast(&n->cond);
+        pthread_mutex_unlock(&n->lock);
+        if (enough)
+            break;
+    }
+    if (st != MAAS_OK)
+        snprintf(n->message, sizeof n->message, "%s", maas_last_error()->message);
+    maas_stream_free(s);
+    pthread_mutex_lock(&n->lock);
+    n->st = st;
+    pthread_mutex_unlock(&n->lock);
+    return NULL;
+}
+
+/* Start it, and wait for its first token: its request is made before the row's fault is queued. */
+static void neighbour_start(struct neighbour *n, maas_client *c)
+{
+    struct timespec until;
+    memset(n, 0, sizeof *n);
+    n->c = c;
+    pthread_mutex_init(&n->lock, NULL);
+    pthread_cond_init(&n->cond, NULL);
+    assert_int_equal(pthread_create(&n->thread, NULL, neighbour_main, n), 0);
+    LIVE_NEIGHBOUR = n;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&n->lock);
+    while (n->tokens == 0 && pthread_cond_timedwait(&n->cond, &n->lock, &until) == 0)
+        ;
+    pthread_mutex_unlock(&n->lock);
+    assert_true(n->tokens > 0);
+}
+
+static void neighbour_end(struct neighbour *n)
+{
+    pthread_mutex_lock(&n->lock);
+    n->tokens_at_stop = n->tokens;
+    n->stop = 1;
+    pthread_mutex_unlock(&n->lock);
+    pthread_join(n->thread, NULL);
+    pthread_mutex_destroy(&n->lock);
+    pthread_cond_destroy(&n->cond);
+    LIVE_NEIGHBOUR = NULL;
+}
+
+/* Tell it to read three more tokens and end; it must have been unharmed. */
+static void neighbour_stop(struct neighbour *n, const char *row, const char *engine)
+{
+    neighbour_end(n);
+    if (n->st != MAAS_OK || n->tokens < n->tokens_at_stop + 3)
+        fail_msg("%s, %s beside a neighbour: the neighbour ended with %s after %zu tokens "
+                 "(%zu at the row's end): %s", row, engine, maas_status_name(n->st), n->tokens,
+                 n->tokens_at_stop, n->message);
+}
+
 /* ---- the checks ------------------------------------------------------------------------- */
 
 struct check {
     const struct fault_case *fc;
     maas_client *client;
+    int neighbour;  /* a neighbour's stream runs on: its connection and stream count too */
     char why[256];
     int bad;
 };
@@ -160,18 +256,18 @@ struct check {
 static void check_connections(enum engine e, const struct outcome *o, void *arg)
 {
     struct check *k = arg;
-    long want = k->fc->conn == CLOSED ? 0 : 1;
+    long want = (k->fc->conn == CLOSED ? 0 : 1) + k->neighbour;
     if (THROUGH_FRONT)
         return;
-    long streams = emu_wait_stat(&E, "streams_active", 0, 5000);
+    long streams = emu_wait_stat(&E, "streams_active", k->neighbour, 5000);
     long api = emu_wait_api_connections(&E, want, k->fc->conn == EITHER ? 0 : 5000);
     (void)o;
-    if (k->fc->conn == EITHER && api == 0)
-        want = 0;
-    if (api != want || streams != 0) {
+    if (k->fc->conn == EITHER && api == k->neighbour)
+        want = k->neighbour;
+    if (api != want || streams != k->neighbour) {
         snprintf(k->why, sizeof k->why,
-                 "%s: %ld connections to the API open, %ld streams served (wanted %ld, 0)",
-                 engine_name[e], api, streams, want);
+                 "%s: %ld connections to the API open, %ld streams served (wanted %ld, %d)",
+                 engine_name[e], api, streams, want, k->neighbour);
         k->bad = 1;
     }
 }
@@ -194,10 +290,16 @@ static maas_client *client_for(int retries)
     return c;
 }
 
+/* The client's counters before the row's stream (a neighbour's requests are not the row's). */
+struct base {
+    uint64_t api_requests, replays, connections, token_requests;
+};
+
 static void expect(enum engine e, const struct fault_case *fc, const struct outcome *o,
-                   maas_client *c)
+                   maas_client *c, const struct base *b, int neighbour)
 {
-    const char *en = engine_name[e];
+    char en[64];
+    snprintf(en, sizeof en, "%s%s", engine_name[e], neighbour ? " beside a neighbour" : "");
     if (o->st != fc->want)
         fail_msg("%s, %s: %s \"%s\", expected %s", fc->name, en, maas_status_name(o->st),
                  o->message, maas_status_name(fc->want));
@@ -208,9 +310,10 @@ static void expect(enum engine e, const struct fault_case *fc, const struct outc
     if (fc->want == MAAS_OK) {
         if (!o->got_details)
             fail_msg("%s, %s: no final message", fc->name, en);
-        if (maas_client_counter(c, MAAS_COUNTER_API_REQUESTS) != fc->attempts)
+        if (maas_client_counter(c, MAAS_COUNTER_API_REQUESTS) - b->api_requests != fc->attempts)
             fail_msg("%s, %s: %llu API requests, expected %u", fc->name, en,
-                     (unsigned long long)maas_client_counter(c, MAAS_COUNTER_API_REQUESTS),
+                     (unsigned long long)(maas_client_counter(c, MAAS_COUNTER_API_REQUESTS) -
+                                          b->api_requests),
                      fc->attempts);
     } else {
         if (o->got_details)
@@ -225,26 +328,43 @@ static void expect(enum engine e, const struct fault_case *fc, const struct outc
             fail_msg("%s, %s: %u attempts, expected %u", fc->name, en, o->attempts,
                      fc->attempts);
     }
-    if (maas_client_counter(c, MAAS_COUNTER_TOKEN_REPLAYS) != fc->replays)
+    if (maas_client_counter(c, MAAS_COUNTER_TOKEN_REPLAYS) - b->replays != fc->replays)
         fail_msg("%s, %s: %llu 401 replays, expected %u", fc->name, en,
-                 (unsigned long long)maas_client_counter(c, MAAS_COUNTER_TOKEN_REPLAYS),
+                 (unsigned long long)(maas_client_counter(c, MAAS_COUNTER_TOKEN_REPLAYS) -
+                                      b->replays),
                  fc->replays);
     /* Every clock here is IDLE_MS: a run that took far longer waited on nothing. */
     if (o->ms > 10 * IDLE_MS)
         fail_msg("%s, %s: took %ld ms", fc->name, en, o->ms);
 }
 
-static void run_case(const struct fault_case *fc, enum engine e)
+static void run_case(const struct fault_case *fc, enum engine e, int with_neighbour)
 {
     char prompt[256];
     maas_request r = MAAS_REQUEST_INIT;
     struct outcome o;
     struct check k;
     struct engine_job job;
+    struct neighbour *n = &NEIGHBOUR;
+    struct base b;
     maas_client *c = LIVE = client_for(fc->retries);
 
     /* A token before the fault is queued: a queued fault hits the next API request. */
     assert_int_equal(maas_client_authenticate(c), MAAS_OK);
+    if (THROUGH_FRONT) {
+        /* The catalogue from the API host tells the client it speaks h2, so
+         * that the blocking engines' streams run on the hub, as a program's
+         * do after its first catalogue request. */
+        maas_model_list *l = NULL;
+        assert_int_equal(maas_models_list(&l, c), MAAS_OK);
+        maas_model_list_free(l);
+    }
+    if (with_neighbour)
+        neighbour_start(n, c);
+    b.api_requests = maas_client_counter(c, MAAS_COUNTER_API_REQUESTS);
+    b.replays = maas_client_counter(c, MAAS_COUNTER_TOKEN_REPLAYS);
+    b.connections = maas_client_counter(c, MAAS_COUNTER_CONNECTIONS);
+    b.token_requests = maas_client_counter(c, MAAS_COUNTER_TOKEN_REQUESTS);
     if (fc->queued)
         assert_int_equal(emu_fault(&E, GEN_PATH, fc->queued, 1), 200);
     snprintf(prompt, sizeof prompt, "Tell me a story %s", fc->directive ? fc->directive : "");
@@ -256,6 +376,7 @@ static void run_case(const struct fault_case *fc, enum engine e)
     memset(&k, 0, sizeof k);
     k.fc = fc;
     k.client = c;
+    k.neighbour = with_neighbour;
     memset(&job, 0, sizeof job);
     job.stop_after = fc->stop_after;
     job.free_running = fc->free_running;
@@ -263,9 +384,22 @@ static void run_case(const struct fault_case *fc, enum engine e)
     job.arg = &k;
     engine_run(e, c, &r, &job, &o);
     if (getenv("MAAS_TEST_VERBOSE"))
-        print_message("%-40s %-18s -> %-26s %3zu tokens %5ld ms: %s\n", fc->name, engine_name[e],
+        print_message("%-40s %-18s%s -> %-26s %3zu tokens %5ld ms: %s\n", fc->name,
+                      engine_name[e], with_neighbour ? " +neighbour" : "",
                       maas_status_name(o.st), o.tokens, o.ms, o.message);
-    expect(e, fc, &o, c);
+    /* Over h2 the row's stream rode the neighbour's connection (the hub's):
+     * without the hub it would have opened one, as the neighbour holds the
+     * pooled one. A token request of the row may open one (the pool's). */
+    if (with_neighbour && THROUGH_FRONT &&
+        maas_client_counter(c, MAAS_COUNTER_CONNECTIONS) - b.connections >
+            maas_client_counter(c, MAAS_COUNTER_TOKEN_REQUESTS) - b.token_requests)
+        fail_msg("%s, %s beside a neighbour: the stream opened %llu connections of its own",
+                 fc->name, engine_name[e],
+                 (unsigned long long)(maas_client_counter(c, MAAS_COUNTER_CONNECTIONS) -
+                                      b.connections));
+    if (with_neighbour)
+        neighbour_stop(n, fc->name, engine_name[e]);
+    expect(e, fc, &o, c, &b, with_neighbour);
     if (k.bad)
         fail_msg("%s: %s", fc->name, k.why);
     maas_client_free(c);
@@ -277,6 +411,8 @@ static void run_case(const struct fault_case *fc, enum engine e)
 static int free_live(void **state)
 {
     (void)state;
+    if (LIVE_NEIGHBOUR)
+        neighbour_end(LIVE_NEIGHBOUR);
     maas_client_free(LIVE);
     LIVE = NULL;
     return 0;
@@ -288,13 +424,18 @@ static int reset(void **state)
     return emu_post(&E, "/emulator/reset", NULL) == 200 ? 0 : -1;
 }
 
-/* One cmocka test per row, each running the row through every engine. */
+/* One cmocka test per row, each running the row through every engine, then
+ * through the blocking ones beside a neighbour. */
 static void test_row(void **state)
 {
     const struct fault_case *fc = *state;
     for (int e = 0; e < ENGINES; e++) {
         assert_int_equal(reset(NULL), 0);
-        run_case(fc, (enum engine)e);
+        run_case(fc, (enum engine)e, 0);
+    }
+    for (int e = BLOCKING; e <= PULL; e++) {
+        assert_int_equal(reset(NULL), 0);
+        run_case(fc, (enum engine)e, 1);
     }
 }
 
