@@ -108,7 +108,8 @@ typedef struct maas_xfer {
     int hub_done;            /* libcurl finished the transfer (hub_result) ... */
     CURLcode hub_result;
     int hub_removed;         /* ... and the driver took it off the multi handle */
-    int hub_overflow;        /* more than MAAS_HUB_BACKLOG_MAX waited: the transfer was cut */
+    int hub_overflow;        /* the transfer was cut: 1 more than MAAS_HUB_BACKLOG_MAX
+                              * waited, 2 no memory to keep it */
     int hub_connected;       /* the prerequest callback ran */
     int hub_progress;        /* hub_ulnow / hub_ultotal changed */
     curl_off_t hub_ulnow, hub_ultotal;

@@ -93,7 +93,7 @@ static size_t queue(maas_xfer *x, char kind, const char *data, size_t len)
                 cap *= 2;
             b = realloc(x->inbox, cap);
             if (!b) {
-                x->hub_overflow = 1;
+                x->hub_overflow = 2;
                 pthread_mutex_unlock(&h->lock);
                 return 0;
             }
@@ -328,11 +328,13 @@ static void hand_over(maas_xfer *x)
     if (!x->done && finished) {
         x->done = 1;
         x->result = result;
-        if (overflow)
+        if (overflow == 1)
             snprintf(x->errbuf, sizeof x->errbuf,
                      "more than %zu MiB of the answer arrived while the caller held control "
                      "(an HTTP/2 stream cannot be held back alone)",
                      MAAS_HUB_BACKLOG_MAX >> 20);
+        else if (overflow)
+            snprintf(x->errbuf, sizeof x->errbuf, "out of memory keeping the answer for its caller");
     }
 
     pthread_mutex_lock(&h->lock);

@@ -233,7 +233,8 @@ typedef struct maas_client_options {
                                         (default): such a URL fails with MAAS_ERR_CONFIG.
                                         From the environment: MAAS_ALLOW_INSECURE_HTTP=1 */
     int http_version;              /**< a maas_http_version; 0: MAAS_HTTP_AUTO. Concurrent
-                                        streams of one maas_multi share HTTP/2 connections.
+                                        streams of one maas_multi, and the blocking calls
+                                        of all threads, share HTTP/2 connections.
                                         From the environment: MAAS_HTTP_VERSION=auto, 1.1
                                         or 2 */
 } maas_client_options;
