@@ -142,7 +142,7 @@ int main(int argc, char **argv)
     try {
         asio::io_context io;
         maas::Client client;    // from MAAS_CLIENT_ID, MAAS_CLIENT_SECRET, ...
-        client.authenticate();  // keep the token fetch off the loop
+        client.authenticate();  // optional: no stream waits for a token fetched aside
         AsioLoop loop(io);      // declared before the multi: it outlives the multi's last call
         maas::Multi multi(client);
         loop.attach(multi);

@@ -147,6 +147,18 @@ static void wipe_root(json_t *root)
     json_decref(root);
 }
 
+/* 15 significant digits print 0.9 as 0.9, as the guide's Python does. */
+#define BODY_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
+
+/* The service refuses a larger body anyway, after the whole upload. */
+static maas_status too_big(size_t len, int without_model, maas_error_rec *err)
+{
+    return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
+                          "the request would be %s%zu bytes, over the service's limit of "
+                          "16 MiB (%u bytes): shorten the prompt",
+                          without_model ? "more than " : "", len, (unsigned)MAAS_MAX_BODY_BYTES);
+}
+
 /* The body's model fields, then the body itself; takes root. */
 static maas_status finish_body(maas_stream *s, json_t *root, const maas_model *m,
                                maas_error_rec *err)
@@ -158,17 +170,12 @@ static maas_status finish_body(maas_stream *s, json_t *root, const maas_model *m
         wipe_root(root);
         return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory building the request");
     }
-    /* 15 significant digits print 0.9 as 0.9, as the guide's Python does. */
-    s->body = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    s->body = json_dumps(root, BODY_FLAGS);
     wipe_root(root);
     if (!s->body)
         st = maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory building the request");
     else if ((s->body_len = strlen(s->body)) > MAAS_MAX_BODY_BYTES)
-        /* The service refuses it anyway, after the whole upload. */
-        st = maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,
-                            "the request would be %zu bytes, over the service's limit of "
-                            "16 MiB (%u bytes): shorten the prompt",
-                            s->body_len, (unsigned)MAAS_MAX_BODY_BYTES);
+        st = too_big(s->body_len, 0, err);
     return st;
 }
 
@@ -730,6 +737,13 @@ maas_status maas_stream_create(maas_stream **out, maas_client *client, const maa
                 st = s->err.pub.status;
                 goto fail;
             }
+        } else if (json_dumpb(root, NULL, 0, BODY_FLAGS) > MAAS_MAX_BODY_BYTES) {
+            /* Too long already without its model: refused now, not when the
+             * catalogue comes (the model's fields only add to it). */
+            size_t len = json_dumpb(root, NULL, 0, BODY_FLAGS);
+            wipe_root(root);
+            st = too_big(len, 1, &s->err);
+            goto fail;
         } else {
             s->model_name = strdup(request->model);
             if (!s->model_name) {

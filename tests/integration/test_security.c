@@ -638,6 +638,37 @@ static void test_body_over_16mib_refused_unsent(void **state)
     free(prompt);
 }
 
+/* A multi's stream that must wait for the catalogue is refused at maas_multi_add
+ * too when its prompt alone passes the cap, not later through on_done. */
+static void test_multi_body_over_16mib_refused_at_add(void **state)
+{
+    maas_client_options o;
+    maas_client *c = NULL;
+    maas_multi *m = NULL;
+    maas_stream *s = NULL;
+    maas_request r = MAAS_REQUEST_INIT;
+    size_t n = 16u * 1024u * 1024u;
+    char *prompt = malloc(n + 1);
+    (void)state;
+    assert_non_null(prompt);
+    memset(prompt, 'a', n);
+    prompt[n] = '\0';
+    emu_options(&E, &o);
+    assert_int_equal(maas_client_new(&c, &o), MAAS_OK);
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    r.model = "mistralai/Mistral-7B-Instruct-v0.1"; /* by name: the catalogue is not fetched yet */
+    r.prompt = prompt;
+    assert_int_equal(maas_multi_add(&s, m, &r, NULL, NULL, NULL, NULL), MAAS_ERR_INVALID_ARGUMENT);
+    assert_null(s);
+    assert_non_null(strstr(maas_last_error()->message, "more than"));
+    assert_non_null(strstr(maas_last_error()->message, "16 MiB (16777216 bytes)"));
+    maas_multi_free(m);
+    assert_int_equal(emu_stat(&E, "models_requests"), 0);
+    assert_int_equal(emu_stat(&E, "generate_requests"), 0);
+    maas_client_free(c);
+    free(prompt);
+}
+
 static void test_cloud_account_invalid_utf8(void **state)
 {
     maas_client_options o;
@@ -752,6 +783,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_basic_auth_colon_in_id_at_the_emulator,
                                         emu_setup_colon_id, emu_teardown),
         cmocka_unit_test_setup_teardown(test_body_over_16mib_refused_unsent, emu_setup,
+                                        emu_teardown),
+        cmocka_unit_test_setup_teardown(test_multi_body_over_16mib_refused_at_add, emu_setup,
                                         emu_teardown),
         cmocka_unit_test(test_cloud_account_invalid_utf8),
         cmocka_unit_test_setup_teardown(test_connect_failure_names_endpoint, emu_setup,
