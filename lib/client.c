@@ -215,7 +215,7 @@ static void client_destroy(maas_client *c)
 {
     if (!c)
         return;
-    maas_model_list_free(c->catalogue);
+    maas_model_list_free(atomic_load(&c->catalogue));
     /* Before the share handle its connections used. */
     if (c->hub_ready)
         maas_hub_cleanup(&c->hub);

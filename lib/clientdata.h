@@ -114,9 +114,11 @@ struct maas_client {
     maas_hub hub;
     int auth_ready, http_ready, hub_ready; /* what client_destroy must undo */
 
-    /* The catalogue (models.c), fetched once, to resolve a request's model name. */
+    /* The catalogue (models.c), fetched once, to resolve a request's model
+     * name: set once under catalogue_lock (one fetch at a time), read
+     * without it (a multi's add must not wait behind a fetch). */
     pthread_mutex_t catalogue_lock;
-    maas_model_list *catalogue;
+    maas_model_list *_Atomic catalogue;
 
     _Atomic uint64_t counters[MAAS_COUNTER_SLOTS];
 };

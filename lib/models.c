@@ -188,24 +188,19 @@ const maas_model_list *maas_models_catalogue(maas_client *c, atomic_int *cancel,
     maas_model_list *list = NULL;
     maas_status st;
     pthread_mutex_lock(&c->catalogue_lock);
-    if (!c->catalogue) {
+    if (!atomic_load(&c->catalogue)) {
         st = maas_models_fetch(&list, c, cancel, err);
         if (st == MAAS_OK)
-            c->catalogue = list;
+            atomic_store(&c->catalogue, list);
     }
-    list = c->catalogue;
+    list = atomic_load(&c->catalogue);
     pthread_mutex_unlock(&c->catalogue_lock);
     return list;
 }
 
 const maas_model_list *maas_models_cached(maas_client *c)
 {
-    const maas_model_list *list;
-    /* Never behind another thread's fetch: it holds the lock for as long as
-     * the network takes, and this caller must not wait. */
-    if (pthread_mutex_trylock(&c->catalogue_lock) != 0)
-        return NULL;
-    list = c->catalogue;
-    pthread_mutex_unlock(&c->catalogue_lock);
-    return list;
+    /* Never behind another thread's fetch, which holds the lock for as long
+     * as the network takes: the list, once set, never changes. */
+    return atomic_load(&c->catalogue);
 }

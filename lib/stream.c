@@ -953,11 +953,9 @@ void maas_stream_catalogue_ready(maas_stream *s, maas_status st, const maas_erro
     if (s->state != S_WAIT_CATALOGUE)
         return;
     if (!cat) {
-        if (st == MAAS_OK) /* fetched, but another thread holds the lock: ask again */
-            st = wait_aside(s, S_WAIT_CATALOGUE);
-        if (st == MAAS_PENDING)
-            return;
-        if (err && err->pub.status != MAAS_OK)
+        if (st == MAAS_OK) /* cannot be: a catalogue fetched is kept for good */
+            st = maas_error_set(&s->err, MAAS_ERR_INTERNAL, "the catalogue fetched is missing");
+        else if (err && err->pub.status != MAAS_OK)
             maas_error_copy(&s->err, err);
         maas_stream_fail(s, s->err.pub.status != MAAS_OK ? s->err.pub.status : st);
         return;
