@@ -44,6 +44,8 @@ struct one {
     long last_ms, max_gap_ms; /* engine_now_ms() of the last token; the longest wait between two */
     long done_ms;             /* engine_now_ms() when on_done ran */
     char message[256];        /* maas_stream_error()'s message, kept by on_done */
+    pthread_t own_driver;     /* with has_own_driver: the thread driving this stream's multi */
+    int has_own_driver;
 };
 
 /* The thread that drives every multi of these tests. */
@@ -53,7 +55,8 @@ static int in_add;
 
 static void on_driver(struct one *o)
 {
-    if (!pthread_equal(pthread_self(), driver) || in_add)
+    if (o->has_own_driver ? !pthread_equal(pthread_self(), o->own_driver)
+                          : !pthread_equal(pthread_self(), driver) || in_add)
         o->foreign++;
 }
 
@@ -1120,6 +1123,92 @@ static void token_fetch_aside(int event)
     finish(c);
 }
 
+/* One thread driving its own multi of two streams on a shared client. */
+struct driven {
+    maas_client *c;
+    struct one o[2];
+    maas_status add_st, poll_st;
+    long longest;   /* the longest call into its multi, ms */
+    int stuck;      /* its streams did not end within 20 s */
+};
+
+static void *drive_own_multi(void *p)
+{
+    struct driven *d = p;
+    maas_multi *m = NULL;
+    maas_stream *s[2] = { NULL, NULL };
+    size_t running = 2;
+    long start = engine_now_ms();
+    int i;
+    if ((d->add_st = maas_multi_new(&m, d->c)) != MAAS_OK)
+        return NULL;
+    for (i = 0; i < 2 && d->add_st == MAAS_OK; i++) {
+        maas_request r = MAAS_REQUEST_INIT;
+        long t0 = engine_now_ms();
+        r.model = MISTRAL;
+        r.prompt = "Tell me a joke";
+        r.max_new_tokens = 5;
+        d->o[i].own_driver = pthread_self();
+        d->o[i].has_own_driver = 1;
+        d->add_st = maas_multi_add(&s[i], m, &r, on_token, on_details, on_done, &d->o[i]);
+        if (engine_now_ms() - t0 > d->longest)
+            d->longest = engine_now_ms() - t0;
+    }
+    while (d->add_st == MAAS_OK && running > 0 && !(d->stuck = engine_now_ms() - start > 20000)) {
+        long t0 = engine_now_ms();
+        if ((d->poll_st = maas_multi_poll(m, 100, &running)) != MAAS_OK)
+            break;
+        if (engine_now_ms() - t0 > d->longest)
+            d->longest = engine_now_ms() - t0;
+    }
+    for (i = 0; i < 2; i++)
+        maas_stream_free(s[i]);
+    maas_multi_free(m);
+    return NULL;
+}
+
+/*
+ * Four multis, each driven by a thread of its own, on one new client: their
+ * fetchers share the client's token cache and catalogue, so one slow token
+ * request (1 s) and one catalogue request serve all eight streams, and no
+ * thread's calls into its multi wait for them.
+ */
+static void test_multis_on_threads_share_one_fetch(void **state)
+{
+    enum { T = 4 };
+    maas_client *c = client_with(0, 0, 0);
+    struct driven *d = calloc(T, sizeof *d);
+    pthread_t t[T];
+    int i, j;
+    (void)state;
+    assert_non_null(d);
+    assert_int_equal(emu_fault(&E, "/oauth2/token", "first-byte-delay=1000", 1), 200);
+    for (i = 0; i < T; i++) {
+        d[i].c = c;
+        assert_int_equal(pthread_create(&t[i], NULL, drive_own_multi, &d[i]), 0);
+    }
+    for (i = 0; i < T; i++)
+        pthread_join(t[i], NULL);
+    for (i = 0; i < T; i++) {
+        if (d[i].add_st != MAAS_OK || d[i].poll_st != MAAS_OK || d[i].stuck)
+            fail_msg("thread %d: add %s, poll %s%s", i, maas_status_name(d[i].add_st),
+                     maas_status_name(d[i].poll_st), d[i].stuck ? ", stuck" : "");
+        for (j = 0; j < 2; j++)
+            if (d[i].o[j].status != MAAS_OK || d[i].o[j].tokens != 5 || d[i].o[j].done != 1 ||
+                d[i].o[j].foreign)
+                fail_msg("thread %d, stream %d: %s, %zu tokens, %d on_done, %d callbacks off "
+                         "its thread: %s", i, j, maas_status_name(d[i].o[j].status),
+                         d[i].o[j].tokens, d[i].o[j].done, d[i].o[j].foreign,
+                         d[i].o[j].message);
+        print_message("thread %d: longest call into its multi %ld ms\n", i, d[i].longest);
+        assert_true(d[i].longest < 1000);
+    }
+    assert_int_equal(emu_stat(&E, "token_requests"), 1);
+    assert_int_equal(emu_stat(&E, "models_requests"), 1);
+    free(d);
+    finish(c);
+}
+
 static void test_token_fetched_aside_poll(void **state)
 {
     (void)state;
@@ -1335,6 +1424,7 @@ int main(void)
         cmocka_unit_test_setup(test_free_multi_during_fetch_aside, reset),
         cmocka_unit_test_setup(test_wait_aside_keeps_deadline_and_cancel, reset),
         cmocka_unit_test_setup(test_no_callback_inside_add, reset),
+        cmocka_unit_test_setup(test_multis_on_threads_share_one_fetch, reset),
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
