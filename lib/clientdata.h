@@ -47,7 +47,7 @@ typedef struct maas_http {
 /* The shared multi handle of blocking streams over HTTP/2. */
 typedef struct maas_hub {
     pthread_mutex_t lock;
-    pthread_cond_t cond;     /* news for a transfer, or the multi handle free */
+    pthread_cond_t cond;     /* the multi handle free, for those that want it */
     CURLM *multi;            /* made on first use */
     int driving;             /* a thread is inside libcurl with the multi handle */
     unsigned want;           /* threads waiting to add or remove a transfer */

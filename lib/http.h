@@ -113,6 +113,9 @@ typedef struct maas_xfer {
     int hub_connected;       /* the prerequest callback ran */
     int hub_progress;        /* hub_ulnow / hub_ultotal changed */
     curl_off_t hub_ulnow, hub_ultotal;
+    pthread_cond_t hub_cond; /* news for this transfer: only its thread waits on it ... */
+    int hub_cond_live;       /* ... while the attempt is on the hub */
+    int hub_waiting;         /* its thread waits on hub_cond */
 } maas_xfer;
 
 /* What the progress and prerequest callbacks do, on the transfer's own thread. */

@@ -24,17 +24,22 @@
 
 enum { REC_BODY = 'B', REC_HEADER = 'H' };
 
-int maas_hub_init(maas_hub *h)
+/* A condition variable whose timed waits run on the monotonic clock. */
+static int cond_init(pthread_cond_t *cond)
 {
     pthread_condattr_t ca;
-    int bad;
+    int bad = pthread_condattr_init(&ca) || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) ||
+              pthread_cond_init(cond, &ca);
+    pthread_condattr_destroy(&ca);
+    return bad ? -1 : 0;
+}
+
+int maas_hub_init(maas_hub *h)
+{
     memset(h, 0, sizeof *h);
     if (pthread_mutex_init(&h->lock, NULL))
         return -1;
-    bad = pthread_condattr_init(&ca) || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) ||
-          pthread_cond_init(&h->cond, &ca);
-    pthread_condattr_destroy(&ca);
-    if (bad) {
+    if (cond_init(&h->cond)) {
         pthread_mutex_destroy(&h->lock);
         return -1;
     }
@@ -68,10 +73,25 @@ static void take(maas_hub *h)
     h->driving = 1;
 }
 
+/*
+ * Hand the multi handle over (the driver, hub->lock held): to those that
+ * want it, else to one thread waiting for its stream, which drives next.
+ * Waking one, not all: with many threads each write would otherwise wake
+ * every one of them.
+ */
 static void give(maas_hub *h)
 {
+    maas_xfer *y;
+    if (h->want) {
+        h->driving = 0;
+        pthread_cond_broadcast(&h->cond);
+        return;
+    }
+    for (y = h->xfers; y && !y->hub_waiting; y = y->hub_next)
+        ;
     h->driving = 0;
-    pthread_cond_broadcast(&h->cond);
+    if (y)
+        pthread_cond_signal(&y->hub_cond);
 }
 
 /* ---- the driver's callbacks: queue only ------------------------------- */
@@ -105,7 +125,7 @@ static size_t queue(maas_xfer *x, char kind, const char *data, size_t len)
         memcpy(x->inbox + x->inbox_len + 1 + sizeof len, data, len);
         x->inbox_len = need;
     }
-    pthread_cond_broadcast(&h->cond);
+    pthread_cond_signal(&x->hub_cond);
     pthread_mutex_unlock(&h->lock);
     return len;
 }
@@ -133,7 +153,7 @@ static int queue_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, cur
         x->hub_ulnow = ulnow;
         x->hub_ultotal = ultotal;
         x->hub_progress = 1;
-        pthread_cond_broadcast(&x->hub->cond);
+        pthread_cond_signal(&x->hub_cond);
     }
     pthread_mutex_unlock(&x->hub->lock);
     return 0;
@@ -150,7 +170,7 @@ static int queue_connected(void *userp, char *ip, char *local_ip, int primary_po
     (void)local_port;
     pthread_mutex_lock(&x->hub->lock);
     x->hub_connected = 1;
-    pthread_cond_broadcast(&x->hub->cond);
+    pthread_cond_signal(&x->hub_cond);
     pthread_mutex_unlock(&x->hub->lock);
     return CURL_PREREQFUNC_OK;
 }
@@ -194,7 +214,6 @@ static maas_status start(maas_xfer *x, maas_error_rec *err)
     CURLcode rc = CURLE_OK;
     CURLMcode mc;
 
-    x->hub = h;
     x->inbox_len = 0;
     x->hub_done = x->hub_removed = x->hub_overflow = 0;
     x->hub_connected = x->hub_progress = 0;
@@ -213,19 +232,24 @@ static maas_status start(maas_xfer *x, maas_error_rec *err)
     }
 #endif
 #undef SET
-    if (rc != CURLE_OK) {
-        x->hub = NULL;
+    if (rc != CURLE_OK)
         return maas_error_set(err, MAAS_ERR_INTERNAL, "could not configure libcurl: %s",
                               curl_easy_strerror(rc));
-    }
+    if (cond_init(&x->hub_cond))
+        return maas_error_set(err, MAAS_ERR_INTERNAL, "could not create a condition variable");
+    x->hub = h;
     pthread_mutex_lock(&h->lock);
+    x->hub_cond_live = 1;
+    x->hub_waiting = 0;
     if (!h->multi) {
         h->multi = curl_multi_init();
         if (h->multi)
             curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
     }
     if (!h->multi) {
+        x->hub_cond_live = 0;
         pthread_mutex_unlock(&h->lock);
+        pthread_cond_destroy(&x->hub_cond);
         x->hub = NULL;
         return maas_error_set(err, MAAS_ERR_NO_MEMORY, "out of memory creating a curl multi handle");
     }
@@ -236,10 +260,13 @@ static maas_status start(maas_xfer *x, maas_error_rec *err)
     if (mc == CURLM_OK) {
         x->hub_next = h->xfers;
         h->xfers = x;
+    } else {
+        x->hub_cond_live = 0;
     }
     give(h);
     pthread_mutex_unlock(&h->lock);
     if (mc != CURLM_OK) {
+        pthread_cond_destroy(&x->hub_cond);
         x->hub = NULL;
         return maas_error_set(err, MAAS_ERR_INTERNAL, "curl_multi_add_handle: %s",
                               curl_multi_strerror(mc));
@@ -258,7 +285,9 @@ static void finish(maas_xfer *x)
         pthread_mutex_lock(&h->lock);
         give(h);
     }
+    x->hub_cond_live = 0;
     pthread_mutex_unlock(&h->lock);
+    pthread_cond_destroy(&x->hub_cond);
     free(x->inbox);
     free(x->spare);
     x->inbox = x->spare = NULL;
@@ -266,12 +295,13 @@ static void finish(maas_xfer *x)
     x->hub = NULL;
 }
 
-/* The stream may be on the hub or about to be: the client's hub, not x->hub. */
+/* From any thread: the client's hub, not x->hub, which its thread may be changing. */
 static void wakeup(maas_xfer *x)
 {
     maas_hub *h = &x->client->hub;
     pthread_mutex_lock(&h->lock);
-    pthread_cond_broadcast(&h->cond);
+    if (x->hub_cond_live)
+        pthread_cond_signal(&x->hub_cond);
     if (h->multi)
         curl_multi_wakeup(h->multi);
     pthread_mutex_unlock(&h->lock);
@@ -368,7 +398,7 @@ static void drive(maas_hub *h, maas_xfer *x, int64_t wait_ms)
             pthread_mutex_lock(&h->lock);
             y->hub_done = 1;
             y->hub_result = result;
-            pthread_cond_broadcast(&h->cond);
+            pthread_cond_signal(&y->hub_cond);
             pthread_mutex_unlock(&h->lock);
         }
     }
@@ -410,7 +440,9 @@ static maas_status step(maas_xfer *x, maas_error_rec *err)
             int64_t until = maas_now_ms() + wait_ms;
             ts.tv_sec = (time_t)(until / 1000);
             ts.tv_nsec = (long)(until % 1000) * 1000000L;
-            pthread_cond_timedwait(&h->cond, &h->lock, &ts);
+            x->hub_waiting = 1;
+            pthread_cond_timedwait(&x->hub_cond, &h->lock, &ts);
+            x->hub_waiting = 0;
         }
     }
     pthread_mutex_unlock(&h->lock);
