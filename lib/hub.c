@@ -189,7 +189,8 @@ static void unlink_xfer(maas_hub *h, maas_xfer *x)
     x->hub_next = NULL;
 }
 
-/* Off the multi handle (driving): count its connections, learn its protocol. */
+/* Off the multi handle (driving): count its connections, learn its protocol.
+ * The caller marks it removed, under hub->lock. */
 static void remove_xfer(maas_hub *h, maas_xfer *x)
 {
     long conns = 0;
@@ -199,7 +200,6 @@ static void remove_xfer(maas_hub *h, maas_xfer *x)
     /* An unfinished HTTP/2 stream is reset; its connection stays for the others. */
     curl_multi_remove_handle(h->multi, x->easy);
     unlink_xfer(h, x);
-    x->hub_removed = 1;
 }
 
 static int takes(const maas_xfer *x)
@@ -283,6 +283,7 @@ static void finish(maas_xfer *x)
         pthread_mutex_unlock(&h->lock);
         remove_xfer(h, x);
         pthread_mutex_lock(&h->lock);
+        x->hub_removed = 1;
         give(h);
     }
     x->hub_cond_live = 0;
@@ -396,7 +397,7 @@ static void drive(maas_hub *h, maas_xfer *x, int64_t wait_ms)
             CURLcode result = msg->data.result;
             remove_xfer(h, y); /* msg is gone from here on */
             pthread_mutex_lock(&h->lock);
-            y->hub_done = 1;
+            y->hub_done = y->hub_removed = 1;
             y->hub_result = result;
             pthread_cond_signal(&y->hub_cond);
             pthread_mutex_unlock(&h->lock);
