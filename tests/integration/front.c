@@ -117,8 +117,11 @@ int front_start(front *f, const emu *e)
     {
         const char *nghttpx = getenv("MAAS_NGHTTPX");
         const char *const argv[] = {
-            nghttpx && *nghttpx ? nghttpx : "nghttpx", frontend, api_backend, token_backend,
-            "--workers=1", "--no-ocsp", accesslog, errorlog,
+            /* Not the system's /etc/nghttpx/nghttpx.conf: Debian's listens on
+             * port 3000 besides ours, so two fronts at once (two suites, two
+             * mutants) collided there and the second exited at start. */
+            nghttpx && *nghttpx ? nghttpx : "nghttpx", "--conf=/dev/null", frontend, api_backend,
+            token_backend, "--workers=1", "--no-ocsp", accesslog, errorlog,
             "--accesslog-format=$remote_port $alpn $status $method $path",
             "--frontend-read-timeout=120s", "--backend-read-timeout=120s", f->key, f->cert, NULL
         };
