@@ -480,6 +480,16 @@ static void assert_one_h2_connection(int requests)
                  "%d, %d, 1)", s.requests, s.h2, s.nports, requests, requests);
 }
 
+/* The end of a crew's case: w[first..n) as the reference, every stream over
+ * one h2 connection; then the crew and the client go. */
+static void crew_finish(struct crew *k, maas_client *c, int first, const struct worker *ref)
+{
+    workers_check(k->w, k->n, first, ref);
+    assert_one_h2_connection(k->n);
+    crew_free(k);
+    maas_client_free(c);
+}
+
 /*
  * Blocking calls on 8 threads at once, half by callback and half pulled,
  * ride one h2 connection: libcurl multiplexes only within one multi handle,
@@ -506,10 +516,7 @@ static void test_threads_share_one_h2_connection(void **state)
     overlap = emu_wait_stat(&E, "streams_active", N, 10000);
     crew_join(k, 0, N);
     assert_int_equal(overlap, N);
-    workers_check(k->w, N, 0, &ref);
-    assert_one_h2_connection(N);
-    crew_free(k);
-    maas_client_free(c);
+    crew_finish(k, c, 0, &ref);
 }
 
 /*
@@ -549,10 +556,7 @@ static void test_held_pull_stream_does_not_stall_others(void **state)
     assert_int_equal(emu_wait_stat(&E, "streams_active", 0, 10000), 0);
     crew_release(k);
     crew_join(k, 0, 1);
-    workers_check(k->w, 1, 0, &ref);
-    assert_one_h2_connection(N);
-    crew_free(k);
-    maas_client_free(c);
+    crew_finish(k, c, 0, &ref);
 }
 
 /*
@@ -613,12 +617,9 @@ static void test_cancel_one_thread_keeps_the_others(void **state)
     crew_join(k, 0, N);
     assert_int_equal(k->w[0].st, MAAS_ERR_CANCELLED);
     assert_true(k->w[0].tokens < 30);
-    workers_check(k->w, N, 1, &ref);
     /* The reset reached the emulator through the front end. */
     assert_int_equal(emu_wait_stat(&E, "streams_active", 0, 5000), 0);
-    assert_one_h2_connection(N);
-    crew_free(k);
-    maas_client_free(c);
+    crew_finish(k, c, 1, &ref);
 }
 
 /* A silent stream's idle clock fires on its thread while the others' flow on the connection. */
@@ -641,10 +642,7 @@ static void test_idle_clock_of_one_thread(void **state)
     if (k->w[0].st != MAAS_ERR_IDLE_TIMEOUT || k->w[0].tokens != 2)
         fail_msg("the stalled stream: %s after %zu tokens: %s", maas_status_name(k->w[0].st),
                  k->w[0].tokens, k->w[0].message);
-    workers_check(k->w, N, 1, &ref);
-    assert_one_h2_connection(N);
-    crew_free(k);
-    maas_client_free(c);
+    crew_finish(k, c, 1, &ref);
 }
 
 /* One stream cancelled after 3 tokens is reset; its neighbours on the connection finish. */
