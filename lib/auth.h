@@ -49,7 +49,9 @@ maas_status maas_auth_acquire(struct maas_client *c, maas_auth_ticket *out, maas
 /*
  * The same for a stream: every wait (its own fetch, another thread's, the
  * rate limit, a backoff) ends with MAAS_ERR_CANCELLED once *cancel is set
- * and with MAAS_ERR_DEADLINE at deadline_at (real monotonic ms, 0: none).
+ * and with MAAS_ERR_DEADLINE at deadline_at (real monotonic ms, 0: none);
+ * a fetch it makes is bounded as maas_call takes deadline_at (MAAS_UNBOUNDED:
+ * by token_timeout_ms alone, for a fetch aside).
  */
 maas_status maas_auth_acquire_for(struct maas_client *c, maas_auth_ticket *out,
                                   atomic_int *cancel, int64_t deadline_at, maas_error_rec *err);

@@ -74,18 +74,11 @@ int64_t maas_retry_delay_ms(const maas_client *c, unsigned retry, const maas_err
 
 /* ---- whole calls ------------------------------------------------------ */
 
-static _Thread_local int fetching_aside;
-
-void maas_call_set_aside(int aside)
-{
-    fetching_aside = aside;
-}
-
 maas_status maas_call(maas_client *c, const maas_fetch *f, int with_auth, maas_response *out,
                       maas_error_rec *err)
 {
     unsigned attempts = 0, retries = 0;
-    int replayed = 0;
+    int replayed = 0, unbounded = f->deadline_at == MAAS_UNBOUNDED;
     maas_status st;
     maas_fetch one = *f;
 
@@ -95,13 +88,13 @@ maas_status maas_call(maas_client *c, const maas_fetch *f, int with_auth, maas_r
     one.deadline_ms = f->endpoint == MAAS_EP_TOKEN    ? c->token_timeout_ms
                       : f->endpoint == MAAS_EP_MODELS ? c->models_timeout_ms
                                                       : 0;
-    if (c->deadline_ms > 0 && !fetching_aside &&
+    if (c->deadline_ms > 0 && !unbounded &&
         (one.deadline_ms <= 0 || c->deadline_ms < one.deadline_ms))
         one.deadline_ms = c->deadline_ms;
     one.deadline_at = one.deadline_ms > 0 ? maas_now_ms() + one.deadline_ms : 0;
     /* A stream's token fetch: within what is left of the stream's deadline,
      * whose length is the client's deadline_ms. */
-    if (f->deadline_at && (!one.deadline_at || f->deadline_at < one.deadline_at)) {
+    if (f->deadline_at && !unbounded && (!one.deadline_at || f->deadline_at < one.deadline_at)) {
         one.deadline_at = f->deadline_at;
         one.deadline_ms = c->deadline_ms;
     }

@@ -22,20 +22,12 @@ int64_t maas_retry_delay_ms(const struct maas_client *c, unsigned retry, const m
 
 /*
  * A whole call: attempts with retries and backoff under one deadline (the
- * client's, from the start of the call), and (with_auth) the
+ * client's, from the start of the call, or f->deadline_at if nearer; none
+ * but the call's own timeout when f->deadline_at is MAAS_UNBOUNDED), and (with_auth) the
  * client's token in an Authorization header, replayed once with a new token
  * after a 401. MAAS_OK only for a 2xx answer, whose body is in out.
  * f->headers are the call's own headers (the token is added per attempt).
  */
-/*
- * The calling thread fetches aside for a multi's streams (1) or not (0). Its
- * calls are not bounded by the client's deadline_ms: each waiting stream
- * keeps its own deadline, and a fetch cut by the first one's would fail the
- * later ones early. Their own timeouts (token_timeout_ms, models_timeout_ms)
- * still bound them.
- */
-void maas_call_set_aside(int aside);
-
 maas_status maas_call(struct maas_client *c, const maas_fetch *f, int with_auth, maas_response *out,
                       maas_error_rec *err);
 /*

@@ -11,6 +11,15 @@
  * (maas_stream_cancel also wakes the token cache's waiters at once). */
 #define MAAS_CANCEL_POLL_MS 20
 
+/*
+ * A deadline_at meaning "no deadline, not even the client's deadline_ms":
+ * a fetch made aside for a multi's streams, each of which keeps a deadline
+ * of its own (a fetch cut at the first one's would fail the later ones
+ * early). The call's own timeout (token_timeout_ms, models_timeout_ms)
+ * still bounds it. Later than any real monotonic time.
+ */
+#define MAAS_UNBOUNDED INT64_MAX
+
 static inline int64_t maas_now_ms(void)
 {
     struct timespec ts;

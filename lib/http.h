@@ -186,7 +186,8 @@ typedef struct maas_fetch {
     int64_t deadline_at;      /* monotonic ms for the whole call, 0: none (set by maas_call) */
     long deadline_ms;         /* its length, for its message */
     /* A token fetch for a stream: cancellable, and within the stream's deadline
-     * (maas_call keeps the nearer of deadline_at and the client's). */
+     * (maas_call keeps the nearer of deadline_at and the client's; with
+     * MAAS_UNBOUNDED, a fetch aside, neither: only the call's own timeout). */
     atomic_int *cancel;       /* may be NULL */
     int64_t min_interval_ms;  /* > 0: attempts at least this far apart ... */
     int64_t *last_request_at; /* ... and from this one (in/out, 0: none) */

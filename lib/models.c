@@ -133,7 +133,7 @@ maas_status maas_models_parse(maas_model_list **out, const char *body, size_t le
 }
 
 maas_status maas_models_fetch(maas_model_list **out, maas_client *c, atomic_int *cancel,
-                              maas_error_rec *err)
+                              int64_t deadline_at, maas_error_rec *err)
 {
     maas_fetch f;
     maas_response r;
@@ -156,6 +156,7 @@ maas_status maas_models_fetch(maas_model_list **out, maas_client *c, atomic_int 
     f.max_body = MODELS_BODY_MAX;
     f.endpoint = MAAS_EP_MODELS;
     f.cancel = cancel;
+    f.deadline_at = deadline_at;
     st = maas_call(c, &f, 1, &r, err);
     if (st == MAAS_OK) {
         st = maas_models_parse(out, r.body, r.len, err);
@@ -176,20 +177,20 @@ maas_status maas_models_list(maas_model_list **out, maas_client *client)
     if (!client)
         return maas_fail(MAAS_ERR_INVALID_ARGUMENT, "client is NULL");
     maas_error_clear(&err);
-    st = maas_models_fetch(out, client, NULL, &err);
+    st = maas_models_fetch(out, client, NULL, 0, &err);
     if (st != MAAS_OK)
         return maas_error_publish(&err);
     return MAAS_OK;
 }
 
 const maas_model_list *maas_models_catalogue(maas_client *c, atomic_int *cancel,
-                                             maas_error_rec *err)
+                                             int64_t deadline_at, maas_error_rec *err)
 {
     maas_model_list *list = NULL;
     maas_status st;
     pthread_mutex_lock(&c->catalogue_lock);
     if (!atomic_load(&c->catalogue)) {
-        st = maas_models_fetch(&list, c, cancel, err);
+        st = maas_models_fetch(&list, c, cancel, deadline_at, err);
         if (st == MAAS_OK)
             atomic_store(&c->catalogue, list);
     }

@@ -266,7 +266,6 @@ static void *fetcher_main(void *payload)
     maas_multi *m = payload;
     struct fetcher *f = &m->f;
 
-    maas_call_set_aside(1);
     pthread_mutex_lock(&f->lock);
     for (;;) {
         int catalogue, token;
@@ -285,12 +284,13 @@ static void *fetcher_main(void *payload)
 
         maas_error_clear(&cerr);
         maas_error_clear(&terr);
-        if (catalogue && !maas_models_catalogue(m->c, &f->cancel, &cerr))
+        /* Not bounded by the client's deadline_ms: each waiting stream keeps
+         * its own clock, and the call's own timeout (models_timeout_ms,
+         * token_timeout_ms) bounds the fetch. */
+        if (catalogue && !maas_models_catalogue(m->c, &f->cancel, MAAS_UNBOUNDED, &cerr))
             cst = cerr.pub.status;
-        /* No deadline of its own: each waiting stream keeps its own clock,
-         * and the client's token_timeout_ms bounds the fetch. */
         if (token)
-            tst = maas_auth_acquire_for(m->c, &t, &f->cancel, 0, &terr);
+            tst = maas_auth_acquire_for(m->c, &t, &f->cancel, MAAS_UNBOUNDED, &terr);
 
         pthread_mutex_lock(&f->lock);
         /* Streams that asked while this fetch ran are served by its result:

@@ -129,7 +129,7 @@ static const maas_model *resolve_model(maas_client *c, const maas_request *r, ma
     const maas_model_list *cat;
     if (r->model_info)
         return r->model_info;
-    cat = maas_models_catalogue(c, NULL, err);
+    cat = maas_models_catalogue(c, NULL, 0, err);
     if (!cat)
         return NULL;
     return find_model(cat, r->model, err);
