@@ -84,16 +84,18 @@ maas_status maas_call(maas_client *c, const maas_fetch *f, int with_auth, maas_r
 
     /* A bounded body has a bound in time too: the idle clock alone would let a
      * server trickling a byte at a time, or never answering, hold the call for
-     * (idle clock x attempts). Within the caller's own deadline. */
+     * (idle clock x attempts). Within the caller's own deadline: the client's
+     * deadline_ms from now, or the deadline_at it gives (a stream's token
+     * fetch, a call's own token), which already lies within it; none with
+     * MAAS_UNBOUNDED (a fetch aside, and the calls it makes in turn). */
     one.deadline_ms = f->endpoint == MAAS_EP_TOKEN    ? c->token_timeout_ms
                       : f->endpoint == MAAS_EP_MODELS ? c->models_timeout_ms
                                                       : 0;
-    if (c->deadline_ms > 0 && !unbounded &&
+    if (!f->deadline_at && c->deadline_ms > 0 &&
         (one.deadline_ms <= 0 || c->deadline_ms < one.deadline_ms))
         one.deadline_ms = c->deadline_ms;
     one.deadline_at = one.deadline_ms > 0 ? maas_now_ms() + one.deadline_ms : 0;
-    /* A stream's token fetch: within what is left of the stream's deadline,
-     * whose length is the client's deadline_ms. */
+    /* What is left of the caller's deadline, whose length is the client's deadline_ms. */
     if (f->deadline_at && !unbounded && (!one.deadline_at || f->deadline_at < one.deadline_at)) {
         one.deadline_at = f->deadline_at;
         one.deadline_ms = c->deadline_ms;
