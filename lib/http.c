@@ -511,6 +511,12 @@ maas_status maas_xfer_prepare(maas_xfer *x, maas_error_rec *err)
     return st;
 }
 
+void maas_http_cap_connections(maas_client *c, CURLM *multi)
+{
+    int h2 = c->http_version != MAAS_HTTP_1_1 && atomic_load(&c->http.api_h2);
+    curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, h2 ? (long)MAAS_MAX_HOST_CONNECTIONS : 0L);
+}
+
 maas_status maas_xfer_start(maas_xfer *x, maas_error_rec *err)
 {
     CURLMcode mc;
@@ -532,6 +538,9 @@ maas_status maas_xfer_start(maas_xfer *x, maas_error_rec *err)
     if (rc != CURLE_OK)
         return maas_error_set(err, MAAS_ERR_INTERNAL, "could not configure libcurl: %s",
                               curl_easy_strerror(rc));
+    /* A multi's stream: its multi handle learns the cap with its streams. */
+    if (x->external && x->api_host)
+        maas_http_cap_connections(x->client, x->ch->multi);
     mc = curl_multi_add_handle(x->ch->multi, x->easy);
     if (mc == CURLM_RECURSIVE_API_CALL)
         return maas_error_set(err, MAAS_ERR_INVALID_ARGUMENT,

@@ -118,6 +118,19 @@ typedef struct maas_xfer {
     int hub_waiting;         /* its thread waits on hub_cond */
 } maas_xfer;
 
+/*
+ * Connections a multi handle opens to the API host once it is known to
+ * speak HTTP/2 (a multi's, the hub's): streams beyond what they carry at
+ * once (the server's SETTINGS_MAX_CONCURRENT_STREAMS each, commonly 100)
+ * wait for a free stream slot instead of opening connection after
+ * connection. Never over HTTP/1.1, where it would queue streams.
+ */
+#define MAAS_MAX_HOST_CONNECTIONS 16
+
+/* The cap above for a multi handle whose transfers go to the API host, as
+ * the client knows it now (none until the API host has answered over h2). */
+void maas_http_cap_connections(struct maas_client *c, CURLM *multi);
+
 /* What the progress and prerequest callbacks do, on the transfer's own thread. */
 void maas_xfer_progress(maas_xfer *x, curl_off_t ultotal, curl_off_t ulnow);
 void maas_xfer_connected(maas_xfer *x);

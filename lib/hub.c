@@ -255,6 +255,7 @@ static maas_status start(maas_xfer *x, maas_error_rec *err)
     }
     take(h);
     pthread_mutex_unlock(&h->lock);
+    maas_http_cap_connections(x->client, h->multi);
     mc = curl_multi_add_handle(h->multi, x->easy);
     pthread_mutex_lock(&h->lock);
     if (mc == CURLM_OK) {
