@@ -183,6 +183,18 @@ int front_stop(front *f)
         f->pid = 0;
     }
     if (f->dir[0]) {
+        FILE *log = fopen(f->log, "r");
+        char line[1024];
+        f->requests = f->h2_requests = 0;
+        while (log && fgets(line, sizeof line, log)) {
+            char alpn[32];
+            if (sscanf(line, "%*d %31s", alpn) != 1)
+                continue;
+            f->requests++;
+            f->h2_requests += !strcmp(alpn, "h2");
+        }
+        if (log)
+            fclose(log);
         unlink(f->key);
         unlink(f->cert);
         unlink(f->log);

@@ -20,11 +20,15 @@ typedef struct front {
     char key[128], cert[128], log[128], errlog[128];
     char api[128], auth[128]; /* https:// URLs through the front end */
     long log_seen;            /* for the caller's reading of the access log */
+    int requests, h2_requests; /* set by front_stop: requests logged, of which over h2 */
 } front;
 
 /* Start nghttpx ($MAAS_NGHTTPX, else nghttpx on PATH) in front of `e`. 0 on success. */
 int front_start(front *f, const emu *e);
-/* SIGQUIT (graceful), reap within 20 s, remove the files: 0 for a clean exit. */
+/*
+ * SIGQUIT (graceful), reap within 20 s, count the requests in the access
+ * log (requests, h2_requests), remove the files: 0 for a clean exit.
+ */
 int front_stop(front *f);
 /* Aim client options at the front end: its URLs, its certificate as the only CA. */
 void front_options(const front *f, maas_client_options *o);

@@ -5,8 +5,12 @@
 #ifndef MAAS_TEST_HARNESS_H
 #define MAAS_TEST_HARNESS_H
 
+#include <stddef.h>
 #include <sys/types.h>
 #include <maas/maas.h>
+
+struct front;
+struct CMUnitTest;
 
 typedef struct emu {
     pid_t pid;
@@ -16,15 +20,44 @@ typedef struct emu {
     char ca[256];    /* set after emu_start for an HTTPS emulator: the CA its own requests trust */
     int stopped;     /* set by emu_stop */
     int exit_status; /* emu_stop's result: 0 for a clean shutdown */
+    /*
+     * MAAS_TEST_FRONT=h2: nghttpx in front of this emulator (front.h),
+     * started and stopped with it; emu_options and emu_export_env aim at it.
+     */
+    struct front *front;
+    int front_failed; /* it did not exit cleanly, or a request did not use h2 */
 } emu;
+
+/*
+ * MAAS_TEST_FRONT=h2: the suite runs through a real HTTP/2 front end. Every
+ * emulator it starts gets nghttpx in front of it, its clients speak h2 to
+ * nghttpx, and its stop checks from nghttpx's access log that every request
+ * used h2 (at least one request: a run that never went through proves
+ * nothing). The emulator then sees nghttpx's connections, not the client's:
+ * the connection counters below refuse to answer (-2) so that a check that
+ * means nothing there cannot pass.
+ */
+int emu_through_front(void);
+/*
+ * Through a front end, drop from `tests` the cases named in `names` (each
+ * with its one-line reason in `why`, same index) and print each with its
+ * reason. Returns the number of tests left, or -1 if a name is not among
+ * the tests (a renamed case would silently run again). Directly: n.
+ */
+int emu_leave_out_through_front(struct CMUnitTest *tests, size_t n, const char *const *names,
+                                const char *const *why, size_t nnames);
 
 /* Start the emulator with extra arguments (NULL-terminated list, may be NULL). 0 on success. */
 int emu_start(emu *e, const char *const *args);
-/* SIGTERM and reap; returns its exit status (0 for a clean shutdown). */
+/*
+ * SIGTERM and reap; returns its exit status (0 for a clean shutdown), or 1
+ * if its front end failed (see emu_through_front).
+ */
 int emu_stop(emu *e);
 /*
  * A suite's exit code: cmocka's, unless the emulator was never stopped or did
- * not exit cleanly (a crash, a sanitizer report at its exit): then nonzero.
+ * not exit cleanly (a crash, a sanitizer report at its exit), or its front
+ * end failed: then nonzero.
  * cmocka reports a failing group teardown yet exits 0, so every suite that
  * stops its emulator in a teardown returns emu_suite_result(rc, &E).
  */

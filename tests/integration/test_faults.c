@@ -18,7 +18,7 @@
  * connection is the stream's own (the token endpoint is another listener).
  *
  * With MAAS_TEST_FRONT=h2 the same table runs over HTTP/2, through nghttpx
- * in front of the emulator (front.h): every per-stream behaviour must hold
+ * in front of the emulator (harness.h): every per-stream behaviour must hold
  * there as on HTTP/1.1. The emulator then sees the front end's backend
  * connections and its choices, not the client's (nghttpx may read an
  * abandoned response to its end to keep its backend connection), so the
@@ -36,12 +36,9 @@
 #include <cmocka.h>
 
 #include "engines.h"
-#include "front.h"
 #include "harness.h"
 
 static emu E;
-static front F;
-static int THROUGH_FRONT; /* MAAS_TEST_FRONT=h2 */
 static maas_model_list *CATALOGUE;
 
 #define MISTRAL "mistralai/Mistral-7B-Instruct-v0.1"
@@ -257,7 +254,7 @@ static void check_connections(enum engine e, const struct outcome *o, void *arg)
 {
     struct check *k = arg;
     long want = (k->fc->conn == CLOSED ? 0 : 1) + k->neighbour;
-    if (THROUGH_FRONT)
+    if (E.front)
         return;
     long streams = emu_wait_stat(&E, "streams_active", k->neighbour, 5000);
     long api = emu_wait_api_connections(&E, want, k->fc->conn == EITHER ? 0 : 5000);
@@ -280,8 +277,6 @@ static maas_client *client_for(int retries)
     maas_client_options o;
     maas_client *c = NULL;
     emu_options(&E, &o);
-    if (THROUGH_FRONT)
-        front_options(&F, &o);
     o.idle_timeout_ms = IDLE_MS;
     o.max_retries = retries;
     o.retry_base_ms = 10;
@@ -351,7 +346,7 @@ static void run_case(const struct fault_case *fc, enum engine e, int with_neighb
 
     /* A token before the fault is queued: a queued fault hits the next API request. */
     assert_int_equal(maas_client_authenticate(c), MAAS_OK);
-    if (THROUGH_FRONT) {
+    if (E.front) {
         /* The catalogue from the API host tells the client it speaks h2, so
          * that the blocking engines' streams run on the hub, as a program's
          * do after its first catalogue request. */
@@ -390,7 +385,7 @@ static void run_case(const struct fault_case *fc, enum engine e, int with_neighb
     /* Over h2 the row's stream rode the neighbour's connection (the hub's):
      * without the hub it would have opened one, as the neighbour holds the
      * pooled one. A token request of the row may open one (the pool's). */
-    if (with_neighbour && THROUGH_FRONT &&
+    if (with_neighbour && E.front &&
         maas_client_counter(c, MAAS_COUNTER_CONNECTIONS) - b.connections >
             maas_client_counter(c, MAAS_COUNTER_TOKEN_REQUESTS) - b.token_requests)
         fail_msg("%s, %s beside a neighbour: the stream opened %llu connections of its own",
@@ -404,7 +399,7 @@ static void run_case(const struct fault_case *fc, enum engine e, int with_neighb
         fail_msg("%s: %s", fc->name, k.why);
     maas_client_free(c);
     LIVE = NULL;
-    if (!THROUGH_FRONT)
+    if (!E.front)
         assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
 }
 
@@ -446,28 +441,17 @@ static int group_setup(void **state)
     (void)state;
     if (emu_start(&E, NULL) != 0)
         return -1;
-    if (THROUGH_FRONT && front_start(&F, &E) != 0)
-        return -1;
     emu_options(&E, &o);
-    if (THROUGH_FRONT)
-        front_options(&F, &o);
     if (maas_client_new(&c, &o) != MAAS_OK || maas_models_list(&CATALOGUE, c) != MAAS_OK)
         return -1;
     maas_client_free(c);
     return 0;
 }
 
-/* cmocka exits 0 after a failing group teardown: main() checks this. */
-static int front_failed;
-
 static int group_teardown(void **state)
 {
     (void)state;
     maas_model_list_free(CATALOGUE);
-    if (THROUGH_FRONT && front_stop(&F) != 0) {
-        fprintf(stderr, "test_faults: nghttpx did not exit cleanly\n");
-        front_failed = 1;
-    }
     return emu_stop(&E);
 }
 
@@ -476,15 +460,11 @@ int main(void)
     enum { N = sizeof cases / sizeof cases[0] };
     struct CMUnitTest tests[N];
     int rc;
-    const char *through = getenv("MAAS_TEST_FRONT");
-    THROUGH_FRONT = through && !strcmp(through, "h2");
     for (size_t i = 0; i < N; i++) {
         tests[i] = (struct CMUnitTest){ cases[i].name, test_row, NULL, free_live,
                                         (void *)&cases[i] };
     }
-    rc = cmocka_run_group_tests_name(THROUGH_FRONT ? "faults over h2" : "faults", tests,
+    rc = cmocka_run_group_tests_name(emu_through_front() ? "faults over h2" : "faults", tests,
                                      group_setup, group_teardown);
-    if ((F.pid > 0 && front_stop(&F) != 0) || front_failed)
-        rc = rc ? rc : 1;
     return emu_suite_result(rc, &E);
 }
