@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -48,7 +49,10 @@ static int spawn_wait(const char *const *argv)
     return 0;
 }
 
-/* A loopback port nothing listens on now. */
+/*
+ * A loopback port nothing listened on a moment ago. Another process may
+ * take it before nghttpx binds it: front_start then tries another.
+ */
 static int free_port(void)
 {
     struct sockaddr_in a;
@@ -79,6 +83,48 @@ static int accepting(int port)
     return ok;
 }
 
+/*
+ * Whether nghttpx's error log says it listens on `port` ("Listening on
+ * 127.0.0.1:PORT"): a connection that succeeds proves only that something
+ * listens there, perhaps whoever took the port first.
+ */
+static int log_says_listening(const char *errlog, int port)
+{
+    char want[64], line[1024];
+    int found = 0;
+    FILE *f = fopen(errlog, "r");
+    snprintf(want, sizeof want, "Listening on 127.0.0.1:%d,", port);
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, want) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+/* Whether the error log shows that the bind failed for want of the port. */
+static int log_says_port_taken(const char *errlog)
+{
+    char line[1024];
+    int taken = 0;
+    FILE *f = fopen(errlog, "r");
+    while (f && !taken && fgets(line, sizeof line, f))
+        taken = strstr(line, "Address already in use") != NULL;
+    if (f)
+        fclose(f);
+    return taken;
+}
+
+/* nghttpx's error log to stderr: the files are removed at front_stop. */
+static void print_log(const char *errlog)
+{
+    char line[1024];
+    FILE *f = fopen(errlog, "r");
+    while (f && fgets(line, sizeof line, f))
+        fprintf(stderr, "front: nghttpx: %s", line);
+    if (f)
+        fclose(f);
+}
+
 /* The port of an emulator URL ("http://127.0.0.1:PORT/..."). */
 static int url_port(const char *url)
 {
@@ -86,9 +132,76 @@ static int url_port(const char *url)
     return p ? atoi(p + 1) : -1;
 }
 
-int front_start(front *f, const emu *e)
+/*
+ * nghttpx on a fresh port, until it listens there: 0; 1 if the port was
+ * taken before it bound it (nghttpx has exited); -1 on any other failure.
+ */
+static int start_once(front *f, int api_port, int token_port)
 {
     char frontend[64], api_backend[64], token_backend[80], accesslog[160], errorlog[160];
+    const char *nghttpx = getenv("MAAS_NGHTTPX");
+    pid_t parent = getpid();
+    f->port = free_port();
+    if (f->port < 0)
+        return -1;
+    snprintf(frontend, sizeof frontend, "--frontend=127.0.0.1,%d", f->port);
+    /* The API is the catch-all backend; the token endpoint is its own. */
+    snprintf(api_backend, sizeof api_backend, "--backend=127.0.0.1,%d", api_port);
+    snprintf(token_backend, sizeof token_backend, "--backend=127.0.0.1,%d;/oauth2/", token_port);
+    snprintf(accesslog, sizeof accesslog, "--accesslog-file=%s", f->log);
+    snprintf(errorlog, sizeof errorlog, "--errorlog-file=%s", f->errlog);
+    const char *const argv[] = {
+        /* Not the system's /etc/nghttpx/nghttpx.conf: Debian's listens on
+         * port 3000 besides ours, so two fronts at once (two suites, two
+         * mutants) collided there and the second exited at start. */
+        nghttpx && *nghttpx ? nghttpx : "nghttpx", "--conf=/dev/null", frontend, api_backend,
+        token_backend, "--workers=1", "--no-ocsp", accesslog, errorlog,
+        "--accesslog-format=$remote_port $alpn $status $method $path",
+        "--frontend-read-timeout=120s", "--backend-read-timeout=120s", f->key, f->cert, NULL
+    };
+    f->pid = fork();
+    if (f->pid < 0) {
+        f->pid = 0;
+        return -1;
+    }
+    if (f->pid == 0) {
+        /* A test that dies, or fails between emu_start and emu_stop and
+         * exits, takes its front end along: a front left behind would
+         * hold its port and its backends' for the suites after it. */
+        int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(127);
+        if (null >= 0)
+            dup2(null, 1);
+        execvp(argv[0], (char *const *)argv);
+        fprintf(stderr, "front: cannot run %s (Debian package nghttp2-proxy): %s\n", argv[0],
+                strerror(errno));
+        _exit(127);
+    }
+    for (long end = now_ms() + 20000; now_ms() < end;) {
+        struct timespec ts = { 0, 20 * 1000000L };
+        int status;
+        if (log_says_listening(f->errlog, f->port) && accepting(f->port))
+            return 0;
+        if (waitpid(f->pid, &status, WNOHANG) == f->pid) {
+            f->pid = 0;
+            if (log_says_port_taken(f->errlog))
+                return 1;
+            fprintf(stderr, "front: nghttpx exited at start\n");
+            return -1;
+        }
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "front: nghttpx did not listen on port %d within 20 s\n", f->port);
+    kill(f->pid, SIGKILL);
+    waitpid(f->pid, NULL, 0);
+    f->pid = 0;
+    return -1;
+}
+
+int front_start(front *f, const emu *e)
+{
     int api_port = url_port(e->api), token_port = url_port(e->auth);
     snprintf(f->dir, sizeof f->dir, "/tmp/maas-h2-XXXXXX");
     if (!mkdtemp(f->dir))
@@ -105,53 +218,23 @@ int front_start(front *f, const emu *e)
         if (spawn_wait(argv))
             return -1;
     }
-    f->port = free_port();
-    if (f->port < 0 || api_port < 0 || token_port < 0)
+    if (api_port < 0 || token_port < 0)
         return -1;
-    snprintf(frontend, sizeof frontend, "--frontend=127.0.0.1,%d", f->port);
-    /* The API is the catch-all backend; the token endpoint is its own. */
-    snprintf(api_backend, sizeof api_backend, "--backend=127.0.0.1,%d", api_port);
-    snprintf(token_backend, sizeof token_backend, "--backend=127.0.0.1,%d;/oauth2/", token_port);
-    snprintf(accesslog, sizeof accesslog, "--accesslog-file=%s", f->log);
-    snprintf(errorlog, sizeof errorlog, "--errorlog-file=%s", f->errlog);
-    {
-        const char *nghttpx = getenv("MAAS_NGHTTPX");
-        const char *const argv[] = {
-            /* Not the system's /etc/nghttpx/nghttpx.conf: Debian's listens on
-             * port 3000 besides ours, so two fronts at once (two suites, two
-             * mutants) collided there and the second exited at start. */
-            nghttpx && *nghttpx ? nghttpx : "nghttpx", "--conf=/dev/null", frontend, api_backend,
-            token_backend, "--workers=1", "--no-ocsp", accesslog, errorlog,
-            "--accesslog-format=$remote_port $alpn $status $method $path",
-            "--frontend-read-timeout=120s", "--backend-read-timeout=120s", f->key, f->cert, NULL
-        };
-        posix_spawn_file_actions_t fa;
-        int rc;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-        rc = posix_spawnp(&f->pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-        posix_spawn_file_actions_destroy(&fa);
-        if (rc != 0) {
-            fprintf(stderr, "front: cannot run %s (Debian package nghttp2-proxy): %s\n",
-                    argv[0], strerror(rc));
-            f->pid = 0;
-            return -1;
-        }
-    }
-    for (long end = now_ms() + 20000; now_ms() < end;) {
-        struct timespec ts = { 0, 20 * 1000000L };
-        int status;
-        if (accepting(f->port))
+    /* The port is chosen before nghttpx binds it (nghttpx takes no port 0):
+     * whoever takes it in between makes nghttpx fail at start, and the next
+     * attempt chooses another. */
+    for (int attempt = 0;; attempt++) {
+        int r = start_once(f, api_port, token_port);
+        if (r == 0)
             break;
-        if (waitpid(f->pid, &status, WNOHANG) == f->pid) {
-            fprintf(stderr, "front: nghttpx exited at start (see %s)\n", f->errlog);
-            f->pid = 0;
+        if (r < 0 || attempt == 4) {
+            print_log(f->errlog);
             return -1;
         }
-        nanosleep(&ts, NULL);
+        fprintf(stderr, "front: port %d was taken before nghttpx bound it: trying another\n",
+                f->port);
+        unlink(f->errlog);
     }
-    if (!accepting(f->port))
-        return -1;
     snprintf(f->api, sizeof f->api, "https://127.0.0.1:%d/v1/maas", f->port);
     snprintf(f->auth, sizeof f->auth, "https://127.0.0.1:%d/oauth2/token", f->port);
     return 0;
