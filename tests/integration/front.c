@@ -139,6 +139,9 @@ static int url_port(const char *url)
 static int start_once(front *f, int api_port, int token_port)
 {
     char frontend[64], api_backend[64], token_backend[80], accesslog[160], errorlog[160];
+    /* The emulator's own certificate is trusted by no one on the hop from
+     * the front to it: that hop is the test's, not the client's. */
+    int tls = f->tls_cert[0] != '\0';
     const char *nghttpx = getenv("MAAS_NGHTTPX");
     pid_t parent = getpid();
     f->port = free_port();
@@ -146,8 +149,10 @@ static int start_once(front *f, int api_port, int token_port)
         return -1;
     snprintf(frontend, sizeof frontend, "--frontend=127.0.0.1,%d", f->port);
     /* The API is the catch-all backend; the token endpoint is its own. */
-    snprintf(api_backend, sizeof api_backend, "--backend=127.0.0.1,%d", api_port);
-    snprintf(token_backend, sizeof token_backend, "--backend=127.0.0.1,%d;/oauth2/", token_port);
+    snprintf(api_backend, sizeof api_backend, "--backend=127.0.0.1,%d%s", api_port,
+             tls ? ";;tls" : "");
+    snprintf(token_backend, sizeof token_backend, "--backend=127.0.0.1,%d;/oauth2/%s", token_port,
+             tls ? ";tls" : "");
     snprintf(accesslog, sizeof accesslog, "--accesslog-file=%s", f->log);
     snprintf(errorlog, sizeof errorlog, "--errorlog-file=%s", f->errlog);
     const char *const argv[] = {
@@ -157,7 +162,8 @@ static int start_once(front *f, int api_port, int token_port)
         nghttpx && *nghttpx ? nghttpx : "nghttpx", "--conf=/dev/null", frontend, api_backend,
         token_backend, "--workers=1", "--no-ocsp", accesslog, errorlog,
         "--accesslog-format=$remote_port $alpn $status $method $path",
-        "--frontend-read-timeout=120s", "--backend-read-timeout=120s", f->key, f->cert, NULL
+        "--frontend-read-timeout=120s", "--backend-read-timeout=120s",
+        tls ? f->tls_key : f->key, tls ? f->tls_cert : f->cert, tls ? "--insecure" : NULL, NULL
     };
     f->pid = fork();
     if (f->pid < 0) {
@@ -293,5 +299,6 @@ void front_options(const front *f, maas_client_options *o)
 {
     o->api_base_url = f->api;
     o->auth_url = f->auth;
-    o->ca_bundle = f->cert;
+    if (!f->tls_cert[0])
+        o->ca_bundle = f->cert;
 }

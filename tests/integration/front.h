@@ -21,6 +21,13 @@ typedef struct front {
     char api[128], auth[128]; /* https:// URLs through the front end */
     long log_seen;            /* for the caller's reading of the access log */
     int requests, h2_requests; /* set by front_stop: requests logged, of which over h2 */
+    /*
+     * Set before front_start when the emulator serves HTTPS with this
+     * certificate and key: the front presents them as its own (a test of
+     * verification trusts what it would trust directly), speaks TLS to the
+     * emulator and leaves the client's CA bundle alone.
+     */
+    char tls_cert[128], tls_key[128];
 } front;
 
 /* Start nghttpx ($MAAS_NGHTTPX, else nghttpx on PATH) in front of `e`. 0 on success. */

@@ -102,6 +102,12 @@ int emu_start(emu *e, const char *const *args)
     }
     if (emu_through_front()) {
         e->front = calloc(1, sizeof *e->front);
+        for (i = 0; e->front && args && args[i] && args[i + 1]; i++) {
+            if (!strcmp(args[i], "--tls-cert"))
+                snprintf(e->front->tls_cert, sizeof e->front->tls_cert, "%s", args[i + 1]);
+            if (!strcmp(args[i], "--tls-key"))
+                snprintf(e->front->tls_key, sizeof e->front->tls_key, "%s", args[i + 1]);
+        }
         if (!e->front || front_start(e->front, e) != 0) {
             fprintf(stderr, "harness: nghttpx did not start in front of the emulator\n");
             emu_stop(e);

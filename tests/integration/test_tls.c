@@ -13,6 +13,11 @@
  *   - insecure_skip_tls_verify works without a CA;
  *   - no environment variable turns verification off.
  * Each test ends with no connection open at the emulator.
+ *
+ * With MAAS_TEST_FRONT=h2 the same cases run through nghttpx, which then
+ * presents the emulator's certificate (harness.h): verification is the
+ * client's of the front end, over h2. The emulator then counts nghttpx's
+ * connections, not the client's: that check is left out there.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,7 +44,8 @@ extern char **environ;
 static emu E;
 static char DIR_[64];
 static char CA[128], OTHER_CA[128], CERT[128], KEY[128];
-/* The emulator's URLs with "localhost" for "127.0.0.1": not in the certificate. */
+/* The client's URLs (the emulator's, or its front end's) with "localhost"
+ * for "127.0.0.1": not in the certificate. */
 static char LOCAL_API[256], LOCAL_AUTH[256];
 
 #define MISTRAL "mistralai/Mistral-7B-Instruct-v0.1"
@@ -196,7 +202,8 @@ static maas_client *client_from(const maas_client_options *o)
 static void finish(maas_client *c)
 {
     maas_client_free(c);
-    assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
+    if (!E.front)
+        assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
 }
 
 static void assert_contains(const char *hay, const char *needle)
@@ -312,8 +319,12 @@ static int group_setup(void **state)
     }
     /* The harness's own requests (counters, reset) trust the test CA. */
     snprintf(E.ca, sizeof E.ca, "%s", CA);
-    replace_host(LOCAL_API, sizeof LOCAL_API, E.api);
-    replace_host(LOCAL_AUTH, sizeof LOCAL_AUTH, E.auth);
+    {
+        maas_client_options o;
+        emu_options(&E, &o);
+        replace_host(LOCAL_API, sizeof LOCAL_API, o.api_base_url);
+        replace_host(LOCAL_AUTH, sizeof LOCAL_AUTH, o.auth_url);
+    }
     return 0;
 }
 
