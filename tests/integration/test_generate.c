@@ -105,6 +105,12 @@ static maas_status gen(maas_client *c, const char *prompt, int max_tokens, struc
 static void finish_keeping(maas_client *c, long kept)
 {
     char why[256];
+    /* Through a front end the emulator sees nghttpx's connections, which
+     * outlive the client's: nothing of the client's to count there. */
+    if (E.front) {
+        maas_client_free(c);
+        return;
+    }
     if (emu_idle(&E, kept, why, sizeof why) != 0)
         fail_msg("before maas_client_free: %s", why);
     maas_client_free(c);
@@ -846,7 +852,20 @@ static void test_cancel_from_another_thread(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
+    /* What means nothing through a front end (docs/testing.md). */
+    static const char *const left_out[] = {
+        "test_one_token_and_one_connection",
+        "test_dropped_connection",
+        "test_cut_before_first_token_is_retried",
+        "test_cancel_from_callback_closes_connection",
+    };
+    static const char *const why[] = {
+        "counts the emulator's connections, which through the front are nghttpx's pooled ones",
+        "the emulator's cut reaches the client as nghttpx's RST_STREAM, before which 0 to all of the tokens sent arrive",
+        "nghttpx answers 502 for a backend that closed before answering: the client never sees the drop",
+        "counts the emulator's connections, which through the front are nghttpx's",
+    };
+    struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_models, reset),
         cmocka_unit_test_setup(test_generate_text_matches_details, reset),
         cmocka_unit_test_setup(test_eos_finish, reset),
@@ -895,6 +914,12 @@ int main(void)
         cmocka_unit_test_setup(test_cancel_from_another_thread, reset),
     };
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
-    return emu_suite_result(cmocka_run_group_tests_name("generate", tests, group_setup, group_teardown),
+    int n = emu_leave_out_through_front(tests, sizeof tests / sizeof tests[0], left_out, why,
+                                        sizeof left_out / sizeof left_out[0]);
+    if (n < 0)
+        return 1;
+    return emu_suite_result(_cmocka_run_group_tests(emu_through_front() ? "generate over h2" : "generate",
+                                                    tests, (size_t)n, group_setup,
+                                                    group_teardown),
                             &E);
 }

@@ -209,6 +209,12 @@ static maas_client *client_for(size_t max_line)
 static void finish_keeping(maas_client *c, long kept)
 {
     char why[256];
+    /* Through a front end the emulator sees nghttpx's connections, which
+     * outlive the client's: nothing of the client's to count there. */
+    if (E.front) {
+        maas_client_free(c);
+        return;
+    }
     if (emu_idle(&E, kept, why, sizeof why) != 0)
         fail_msg("before maas_client_free: %s", why);
     maas_client_free(c);
@@ -1046,7 +1052,17 @@ static void test_raw_http09(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
+    /* These talk to the in-process raw server, never to the emulator: no
+     * front end is on their path, and the direct run has them. */
+#define RAW "a raw socket server, not the emulator: the front is not on its path"
+    static const char *const left_out[] = {
+        "test_raw_redirect", "test_raw_endless_header", "test_raw_slow_header",
+        "test_raw_accept_silent", "test_tls_handshake_stall", "test_raw_garbage",
+        "test_raw_http09",
+    };
+    static const char *const why[] = { RAW, RAW, RAW, RAW, RAW, RAW, RAW };
+#undef RAW
+    struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_long_line_64mib_memory, reset),
         cmocka_unit_test_setup(test_endless_line_memory, reset),
         cmocka_unit_test_setup(test_long_line, reset),
@@ -1080,7 +1096,14 @@ int main(void)
         cmocka_unit_test_setup(test_raw_garbage, reset),
         cmocka_unit_test_setup(test_raw_http09, reset),
     };
+    int n = emu_leave_out_through_front(tests, sizeof tests / sizeof tests[0], left_out, why,
+                                        sizeof left_out / sizeof left_out[0]);
+    if (n < 0)
+        return 1;
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
-    return emu_suite_result(cmocka_run_group_tests_name("hostile", tests, group_setup, group_teardown),
+    return emu_suite_result(_cmocka_run_group_tests(emu_through_front() ? "hostile over h2"
+                                                                          : "hostile",
+                                                    tests, (size_t)n, group_setup,
+                                                    group_teardown),
                             &E);
 }

@@ -164,7 +164,9 @@ static void run_poll(maas_multi *m)
 static void finish(maas_client *c)
 {
     maas_client_free(c);
-    assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
+    /* Through a front end the emulator counts nghttpx's connections. */
+    if (!E.front)
+        assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
 }
 
 static int reset(void **state)
@@ -1395,7 +1397,18 @@ static void test_no_callback_inside_add(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
+    /* What means nothing through a front end (docs/testing.md). */
+    static const char *const left_out[] = {
+        "test_sequential_streams_reuse_connections",
+        "test_faults_in_a_multi",
+        "test_no_callback_inside_add",
+    };
+    static const char *const why[] = {
+        "counts the emulator's connections, which through the front are nghttpx's pooled ones",
+        "the emulator's cut reaches the client as nghttpx's RST_STREAM, before which 0 to all of the tokens sent arrive",
+        "needs the whole answer unread in the client's socket; through the front the emulator sees nghttpx read it",
+    };
+    struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_many_streams_poll, reset),
         cmocka_unit_test_setup(test_sequential_streams_reuse_connections, reset),
         cmocka_unit_test_setup(test_faults_in_a_multi, reset),
@@ -1428,6 +1441,12 @@ int main(void)
     };
     driver = pthread_self();
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
-    return emu_suite_result(cmocka_run_group_tests_name("multi", tests, group_setup, group_teardown),
+    int n = emu_leave_out_through_front(tests, sizeof tests / sizeof tests[0], left_out, why,
+                                        sizeof left_out / sizeof left_out[0]);
+    if (n < 0)
+        return 1;
+    return emu_suite_result(_cmocka_run_group_tests(emu_through_front() ? "multi over h2" : "multi",
+                                                    tests, (size_t)n, group_setup,
+                                                    group_teardown),
                             &E);
 }

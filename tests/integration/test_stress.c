@@ -180,7 +180,9 @@ static void test_shared_client_under_faults(void **state)
     assert_int_equal((long)maas_client_counter(C, MAAS_COUNTER_TOKEN_REQUESTS), token_requests);
 
     maas_client_free(C);
-    assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
+    /* Through a front end the emulator counts nghttpx's connections. */
+    if (!E.front)
+        assert_int_equal(emu_wait_connections(&E, 0, 5000), 0);
     assert_int_equal(emu_stop(&E), 0);
 }
 
@@ -348,12 +350,21 @@ static void test_sixteen_idle_channels_kept(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
+    static const char *const left_out[] = { "test_sixteen_idle_channels_kept" };
+    static const char *const why[] = {
+        "counts the emulator's connections per channel, which through the front are nghttpx's",
+    };
+    struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_fetch_in_flight),
         cmocka_unit_test(test_one_catalogue_fetch_in_flight),
         cmocka_unit_test(test_failed_catalogue_fetch_tried_again),
         cmocka_unit_test(test_sixteen_idle_channels_kept),
         cmocka_unit_test(test_shared_client_under_faults),
     };
-    return cmocka_run_group_tests_name("stress", tests, NULL, NULL);
+    int n = emu_leave_out_through_front(tests, sizeof tests / sizeof tests[0], left_out, why,
+                                        sizeof left_out / sizeof left_out[0]);
+    if (n < 0)
+        return 1;
+    return _cmocka_run_group_tests(emu_through_front() ? "stress over h2" : "stress", tests,
+                                   (size_t)n, NULL, NULL);
 }
