@@ -30,14 +30,20 @@ typedef struct front {
     char tls_cert[128], tls_key[128];
 } front;
 
-/* Start nghttpx ($MAAS_NGHTTPX, else nghttpx on PATH) in front of `e`. 0 on success. */
+/*
+ * Start nghttpx ($MAAS_NGHTTPX, else nghttpx on PATH) in front of `e`: 0
+ * once its error log says it listens on its port (another port if the one
+ * chosen was taken before it bound it), within 20 s. It dies with the
+ * calling process.
+ */
 int front_start(front *f, const emu *e);
 /*
  * SIGQUIT (graceful), reap within 20 s, count the requests in the access
  * log (requests, h2_requests), remove the files: 0 for a clean exit.
  */
 int front_stop(front *f);
-/* Aim client options at the front end: its URLs, its certificate as the only CA. */
+/* Aim client options at the front end: its URLs, and its certificate as the
+ * only CA unless it presents the emulator's own (tls_cert). */
 void front_options(const front *f, maas_client_options *o);
 
 #endif
