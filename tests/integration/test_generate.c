@@ -861,8 +861,10 @@ int main(void)
     };
     static const char *const why[] = {
         "counts the emulator's connections, which through the front are nghttpx's pooled ones",
-        "the emulator's cut reaches the client as nghttpx's RST_STREAM, before which 0 to all of the tokens sent arrive",
-        "nghttpx answers 502 for a backend that closed before answering: the client never sees the drop",
+        "the emulator's cut reaches the client as nghttpx's RST_STREAM, "
+        "before which 0 to all of the tokens sent arrive",
+        "nghttpx answers 502 for a backend that closed before answering: "
+        "the client never sees the drop",
         "counts the emulator's connections, which through the front are nghttpx's",
     };
     struct CMUnitTest tests[] = {

@@ -1405,8 +1405,10 @@ int main(void)
     };
     static const char *const why[] = {
         "counts the emulator's connections, which through the front are nghttpx's pooled ones",
-        "the emulator's cut reaches the client as nghttpx's RST_STREAM, before which 0 to all of the tokens sent arrive",
-        "needs the whole answer unread in the client's socket; through the front the emulator sees nghttpx read it",
+        "the emulator's cut reaches the client as nghttpx's RST_STREAM, "
+        "before which 0 to all of the tokens sent arrive",
+        "needs the whole answer unread in the client's socket; "
+        "through the front the emulator sees nghttpx read it",
     };
     struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_many_streams_poll, reset),
