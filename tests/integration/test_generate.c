@@ -915,12 +915,13 @@ int main(void)
         cmocka_unit_test_setup(test_cancel_from_callback_closes_connection, reset),
         cmocka_unit_test_setup(test_cancel_from_another_thread, reset),
     };
-    /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
     int n = emu_leave_out_through_front(tests, sizeof tests / sizeof tests[0], left_out, why,
                                         sizeof left_out / sizeof left_out[0]);
     if (n < 0)
         return 1;
-    return emu_suite_result(_cmocka_run_group_tests(emu_through_front() ? "generate over h2" : "generate",
+    /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
+    return emu_suite_result(_cmocka_run_group_tests(emu_through_front() ? "generate over h2"
+                                                                          : "generate",
                                                     tests, (size_t)n, group_setup,
                                                     group_teardown),
                             &E);
