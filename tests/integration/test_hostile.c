@@ -1098,6 +1098,21 @@ int main(void)
     };
     int n = emu_leave_out_through_front(tests, sizeof tests / sizeof tests[0], left_out, why,
                                         sizeof left_out / sizeof left_out[0]);
+#ifdef __SANITIZE_ADDRESS__
+    {
+        /* ASan keeps freed memory in its quarantine, so the peak RSS counts
+         * every byte allocated on the way to the cap. Over h2 libcurl
+         * allocates and frees some 18 MiB there (its live peak stays near
+         * 3 MiB: the normal build checks the bound through the front). */
+#define QUARANTINE "under ASan the peak RSS counts the ~18 MiB libcurl's h2 layer frees"
+        static const char *const asan_left_out[] = { "test_long_line_64mib_memory",
+                                                     "test_endless_line_memory" };
+        static const char *const asan_why[] = { QUARANTINE, QUARANTINE };
+#undef QUARANTINE
+        if (n >= 0)
+            n = emu_leave_out_through_front(tests, (size_t)n, asan_left_out, asan_why, 2);
+    }
+#endif
     if (n < 0)
         return 1;
     /* cmocka ignores a failing teardown: the emulator's exit status is checked here. */
