@@ -139,6 +139,7 @@ static int url_port(const char *url)
 static int start_once(front *f, int api_port, int token_port)
 {
     char frontend[64], api_backend[64], token_backend[80], accesslog[160], errorlog[160];
+    char streams[64];
     /* The emulator's own certificate is trusted by no one on the hop from
      * the front to it: that hop is the test's, not the client's. */
     int tls = f->tls_cert[0] != '\0';
@@ -155,6 +156,8 @@ static int start_once(front *f, int api_port, int token_port)
              tls ? ";tls" : "");
     snprintf(accesslog, sizeof accesslog, "--accesslog-file=%s", f->log);
     snprintf(errorlog, sizeof errorlog, "--errorlog-file=%s", f->errlog);
+    snprintf(streams, sizeof streams, "--frontend-http2-max-concurrent-streams=%d",
+             f->max_streams > 0 ? f->max_streams : 100);
     const char *const argv[] = {
         /* Not the system's /etc/nghttpx/nghttpx.conf: Debian's listens on
          * port 3000 besides ours, so two fronts at once (two suites, two
@@ -162,7 +165,7 @@ static int start_once(front *f, int api_port, int token_port)
         nghttpx && *nghttpx ? nghttpx : "nghttpx", "--conf=/dev/null", frontend, api_backend,
         token_backend, "--workers=1", "--no-ocsp", accesslog, errorlog,
         "--accesslog-format=$remote_port $alpn $status $method $path",
-        "--frontend-read-timeout=120s", "--backend-read-timeout=120s",
+        "--frontend-read-timeout=120s", "--backend-read-timeout=120s", streams,
         tls ? f->tls_key : f->key, tls ? f->tls_cert : f->cert, tls ? "--insecure" : NULL, NULL
     };
     f->pid = fork();

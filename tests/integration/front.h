@@ -28,6 +28,10 @@ typedef struct front {
      * emulator and leaves the client's CA bundle alone.
      */
     char tls_cert[128], tls_key[128];
+    /* Set before front_start, > 0: the streams it allows on one client
+     * connection at once (SETTINGS_MAX_CONCURRENT_STREAMS; nghttpx's own
+     * default is 100). */
+    int max_streams;
 } front;
 
 /*

@@ -223,6 +223,88 @@ static void test_streams_share_one_h2_connection(void **state)
     maas_client_free(c);
 }
 
+/* Streams flowing at once in the cap test: from the first token to on_done. */
+static int ACTIVE, MAX_ACTIVE;
+
+static int cap_token(const maas_token *t, void *p)
+{
+    struct one *o = p;
+    if (o->tokens++ == 0 && ++ACTIVE > MAX_ACTIVE)
+        MAX_ACTIVE = ACTIVE;
+    (void)t;
+    return 0;
+}
+
+static void cap_done(maas_stream *s, maas_status st, void *p)
+{
+    struct one *o = p;
+    if (o->tokens)
+        ACTIVE--;
+    on_done(s, st, p);
+}
+
+/*
+ * A server that takes one stream per connection: each flowing stream then
+ * holds a connection of its own, and once the client knows the API host
+ * speaks h2 a multi opens no more than MAAS_MAX_HOST_CONNECTIONS (16) of
+ * them; the other streams wait for one, and all complete.
+ */
+static void test_connection_cap(void **state)
+{
+    enum { N = 24 };
+    front one;
+    maas_client_options opts;
+    maas_client *c = NULL;
+    maas_model_list *l = NULL;
+    maas_multi *m = NULL;
+    maas_stream *s[N];
+    struct one o[N];
+    size_t running = N;
+    long end;
+    int i;
+    (void)state;
+    memset(&one, 0, sizeof one);
+    one.max_streams = 1;
+    assert_int_equal(front_start(&one, &E), 0);
+    emu_options(&E, &opts);
+    front_options(&one, &opts);
+    /* Retries on: before the server's SETTINGS arrive libcurl may open a
+     * second stream on a connection, which the server refuses
+     * (REFUSED_STREAM): a failure before the first token, retried. */
+    opts.max_retries = 2;
+    opts.retry_base_ms = 10;
+    assert_int_equal(maas_client_new(&c, &opts), MAAS_OK);
+    /* The catalogue, over h2: from here on the client knows the API host speaks it. */
+    assert_int_equal(maas_models_list(&l, c), MAAS_OK);
+    maas_model_list_free(l);
+    memset(o, 0, sizeof o);
+    ACTIVE = MAX_ACTIVE = 0;
+    assert_int_equal(maas_multi_new(&m, c), MAAS_OK);
+    for (i = 0; i < N; i++) {
+        maas_request r = MAAS_REQUEST_INIT;
+        r.model = MISTRAL;
+        r.prompt = "capped stream [[fault:delay=50]]";
+        r.max_new_tokens = 10;
+        assert_int_equal(maas_multi_add(&s[i], m, &r, cap_token, NULL, cap_done, &o[i]), MAAS_OK);
+    }
+    end = now_ms() + 60000;
+    while (running > 0 && now_ms() < end)
+        assert_int_equal(maas_multi_poll(m, 100, &running), MAAS_OK);
+    for (i = 0; i < N; i++) {
+        if (o[i].st != MAAS_OK || !o[i].done)
+            fail_msg("stream %d: %s: %s", i, maas_status_name(o[i].st), o[i].message);
+        maas_stream_free(s[i]);
+    }
+    print_message("%d streams, one per connection: at most %d flowing at once\n", N, MAX_ACTIVE);
+    assert_int_equal(ACTIVE, 0);
+    assert_true(MAX_ACTIVE <= 16);
+    assert_true(MAX_ACTIVE > 1); /* they did run side by side, on several connections */
+    maas_multi_free(m);
+    maas_client_free(c);
+    assert_int_equal(front_stop(&one), 0);
+    assert_true(one.requests > N && one.h2_requests == one.requests);
+}
+
 /* MAAS_HTTP_1_1: HTTP/1.1 only, so concurrent streams need connections of their own. */
 static void test_http1_1_on_request(void **state)
 {
@@ -763,6 +845,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_streams_share_one_h2_connection, reset),
         cmocka_unit_test_setup(test_http1_1_on_request, reset),
+        cmocka_unit_test_setup(test_connection_cap, reset),
         cmocka_unit_test_setup(test_blocking_calls_over_h2, reset),
         cmocka_unit_test_setup(test_cancel_one_stream_keeps_the_others, reset),
         cmocka_unit_test_setup(test_idle_clock_of_one_stream, reset),
