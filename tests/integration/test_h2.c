@@ -786,6 +786,59 @@ static void test_idle_clock_of_one_stream(void **state)
 }
 
 /*
+ * Streams of one multi that go wrong on a shared h2 connection: one
+ * truncated (a clean end without the final message), one whose server
+ * drops the connection behind the proxy mid-stream (the proxy resets that
+ * h2 stream), one hostile with a line that never ends. Each fails with its
+ * own status; the four others, on the same connection, finish whole.
+ */
+static void test_failing_streams_leave_their_neighbours(void **state)
+{
+    enum { N = 7 };
+    maas_client_options opts;
+    maas_client *c = NULL;
+    const char *prompts[N] = { "cut short [[fault:truncate-after=3]]",
+                               "dropped [[fault:drop-after=3]][[fault:delay=20]]",
+                               "hostile [[fault:endless-line]]" };
+    int max_tokens[N], i;
+    struct one o[N];
+    struct seen s;
+    (void)state;
+    memset(o, 0, sizeof o);
+    for (i = 0; i < N; i++) {
+        max_tokens[i] = 20;
+        if (i >= 3)
+            prompts[i] = "neighbour [[fault:delay=20]][[fault:tokens=20]]";
+    }
+    emu_options(&E, &opts);
+    front_options(&F, &opts);
+    opts.max_retries = MAAS_RETRIES_OFF;
+    opts.max_line_bytes = 64 * 1024;
+    assert_int_equal(maas_client_new(&c, &opts), MAAS_OK);
+    run_multi(c, N, prompts, max_tokens, o);
+    if (o[0].st != MAAS_ERR_TRUNCATED || o[0].tokens != 3)
+        fail_msg("the truncated stream: %s after %zu tokens", maas_status_name(o[0].st),
+                 o[0].tokens);
+    /* The proxy turns the backend's drop into a reset of this h2 stream:
+     * after its headers (TRUNCATED) or before (NETWORK), with at most the
+     * tokens sent before the drop. */
+    print_message("a stream dropped behind the proxy: %s after %zu tokens: %s\n",
+                  maas_status_name(o[1].st), o[1].tokens, o[1].message);
+    assert_true(o[1].st == MAAS_ERR_TRUNCATED || o[1].st == MAAS_ERR_NETWORK);
+    assert_true(o[1].tokens <= 3);
+    assert_int_equal(o[2].st, MAAS_ERR_LINE_TOO_LONG);
+    for (i = 3; i < N; i++)
+        if (o[i].st != MAAS_OK || o[i].tokens != 20)
+            fail_msg("neighbour %d: %s after %zu tokens: %s", i, maas_status_name(o[i].st),
+                     o[i].tokens, o[i].message);
+    log_wait(GEN_PATH, N, &s);
+    if (s.h2 != s.requests || s.nports != 1)
+        fail_msg("the front end saw %d generations, %d over h2, from %d client ports (wanted "
+                 "all over h2 from 1)", s.requests, s.h2, s.nports);
+    maas_client_free(c);
+}
+
+/*
  * A 401 to one stream is replayed with a new token, then a 503 to another is
  * retried, on h2 (two rounds: faults queued together would fall on one
  * request).
@@ -850,6 +903,7 @@ int main(void)
         cmocka_unit_test_setup(test_cancel_one_stream_keeps_the_others, reset),
         cmocka_unit_test_setup(test_idle_clock_of_one_stream, reset),
         cmocka_unit_test_setup(test_replay_and_retry_over_h2, reset),
+        cmocka_unit_test_setup(test_failing_streams_leave_their_neighbours, reset),
         cmocka_unit_test_setup(test_threads_share_one_h2_connection, reset),
         cmocka_unit_test_setup(test_held_pull_stream_does_not_stall_others, reset),
         cmocka_unit_test_setup(test_held_stream_backlog_is_bounded, reset),
